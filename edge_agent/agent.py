@@ -1,0 +1,282 @@
+"""The agent: builds every part from a validated config, then runs them under one TaskGroup.
+
+Build (no network I/O): drivers, process image, Digital Original, detector, comparator, alarms,
+reporter, publisher. A model or detector file that does not fit is a `ModelError` here, before
+anything connects.
+
+Run: start from the sink (publisher), then the tick, then one acquisition loop per driver.
+Stop from the source: acquisition first, one last tick so the final state is published, then
+the publisher drains under a deadline and publishes the retained "offline" status.
+
+An unexpected exception in any task ends the TaskGroup and the process (crash-only: systemd
+restarts it). Expected faults (PLC down, broker down, bad values) are handled in their loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from drivers.base import Driver
+from drivers.modbus import ModbusDriver, ModbusTag
+from drivers.opcua import OpcUaDriver, OpcUaTag
+from edge_agent import __version__
+from edge_agent.acquire import LinkStats, run_driver
+from edge_agent.alarms import AlarmTracker
+from edge_agent.compare import Comparator, CompareResult
+from edge_agent.config import (
+    DEFAULT_DETECTOR,
+    DEFAULT_PARAMS,
+    Config,
+    ModbusDriverConfig,
+    OpcUaDriverConfig,
+    config_hash,
+    resolve,
+)
+from edge_agent.image import ProcessImage
+from edge_agent.notify import Notifier
+from edge_agent.publish import MqttPublisher, MqttSettings
+from edge_agent.report import Reporter
+from models.anomaly.detector import OnnxDetector
+from models.process.loop import LoopModel
+
+log = structlog.get_logger(__name__)
+
+
+def _secret(env_name: str | None) -> str | None:
+    return None if env_name is None else os.environ.get(env_name)
+
+
+def build_driver(d: OpcUaDriverConfig | ModbusDriverConfig) -> Driver:
+    """The protocol driver for one `[[drivers]]` entry."""
+    if isinstance(d, OpcUaDriverConfig):
+        return OpcUaDriver(
+            d.name,
+            d.endpoint,
+            [OpcUaTag(t.name, t.node, t.sampling_interval_ms, 0.0) for t in d.tags],
+            publishing_interval_ms=d.publishing_interval_ms,
+            timeout_s=d.timeout_s,
+            username=d.username,
+            password=_secret(d.password_env),
+        )
+    return ModbusDriver(
+        d.name,
+        d.host,
+        d.port,
+        [
+            ModbusTag(t.name, t.address, t.type, t.order, t.table, t.scale, t.offset, d.unit_id)
+            for t in d.tags
+        ],
+        timeout_s=d.timeout_s,
+        max_gap=d.max_gap,
+        max_registers=d.max_registers,
+    )
+
+
+@dataclass
+class TickStats:
+    """Counters of the tick loop, for health and metrics."""
+
+    ticks: int = 0
+    overruns: int = 0
+    events: int = 0
+    publish_failures: int = 0
+    last_tick: float = 0.0
+    link: dict[str, LinkStats] = field(default_factory=dict)
+
+
+class Agent:
+    """One running agent: everything built from `cfg`, run by `run()`."""
+
+    def __init__(self, cfg: Config, cfg_path: Path) -> None:
+        self.cfg = cfg
+        self.cfg_path = cfg_path
+        self.drivers = [build_driver(d) for d in cfg.drivers]
+        tags = list(cfg.tags())
+        self.image = ProcessImage([t.name for _, t in tags], [t.range for _, t in tags])
+        self.model = LoopModel.load(resolve(cfg_path, cfg.model.params) or DEFAULT_PARAMS)
+        self.detector_path = resolve(cfg_path, cfg.detector.path) or DEFAULT_DETECTOR
+        self.detector = OnnxDetector.load(self.detector_path, self.model.output_names)
+        self.input_tags = [cfg.model.inputs[n] for n in self.model.input_names]
+        self.output_tags = [cfg.model.outputs[n] for n in self.model.output_names]
+        self.comparator = Comparator(
+            self.model,
+            self.detector,
+            self.image,
+            self.input_tags,
+            self.output_tags,
+            resync_after_s=cfg.model.resync_after_s,
+            max_gap_s=max(5.0, 20.0 / cfg.agent.tick_hz),
+        )
+        self.alarms = AlarmTracker(
+            self.image.names,
+            raise_level=self.detector.raise_level,
+            clear_level=self.detector.clear_level,
+            raise_after_s=cfg.detector.raise_after_s,
+            clear_after_s=cfg.detector.clear_after_s,
+            quality_after_s=cfg.agent.quality_alarm_after_s,
+        )
+        prefix = f"{cfg.mqtt.topic_prefix.rstrip('/')}/{cfg.agent.id}"
+        self.reporter = Reporter(
+            self.image.names,
+            [t.unit for _, t in tags],
+            [t.deadband for _, t in tags],
+            heartbeat_s=cfg.agent.heartbeat_s,
+            topic_prefix=prefix,
+        )
+        self._out_pos = np.array([self.image.index[t] for t in self.output_tags], dtype=np.intp)
+        self.config_hash = config_hash(cfg_path)
+        m = cfg.mqtt
+        self.publisher = MqttPublisher(
+            MqttSettings(
+                host=m.host,
+                port=m.port,
+                client_id=m.client_id or f"edge-agent-{cfg.agent.id}",
+                keepalive_s=m.keepalive_s,
+                username=m.username,
+                password=_secret(m.password_env),
+                tls=m.tls,
+                ca_file=m.ca_file,
+                cert_file=m.cert_file,
+                key_file=m.key_file,
+            ),
+            status_topic=self.reporter.status_topic,
+            birth_payload=lambda: self.status_payload("online"),
+            will_payload=self.status_payload("offline"),
+        )
+        self.notifier = Notifier()
+        self.stats = TickStats()
+        self.last: CompareResult | None = None
+
+    def status_payload(self, state: str) -> bytes:
+        """The retained status document (also the last will with state "offline")."""
+        doc = {
+            "state": state,
+            "agent_id": self.cfg.agent.id,
+            "version": __version__,
+            "ts": round(time.time(), 3),
+            "config_hash": self.config_hash,
+            "model": {"kind": self.cfg.model.kind, "outputs": list(self.output_tags)},
+            "detector": {
+                "file": self.detector_path.name,
+                "fingerprint": self.detector.metadata.get("fingerprint", ""),
+                "version": self.detector.metadata.get("version", ""),
+            },
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def tick(self, now: float) -> None:
+        """One tick: compare, update alarms, publish what is due. Pure CPU, no awaits."""
+        img = self.image
+        res = self.comparator.tick(now)
+        self.last = res
+        n = len(img.names)
+        predicted = np.full(n, np.nan)
+        residual = np.full(n, np.nan)
+        score = np.full(n, np.nan)
+        predicted[self._out_pos] = res.predicted
+        residual[self._out_pos] = res.residual
+        score[self._out_pos] = res.score
+        bad = img.quality == 2
+        events = self.alarms.update(now, score, bad, img.reason)
+        pub = self._publish
+        for ev in events:
+            log.info("alarm " + ev.event, kind=ev.kind, tag=ev.tag, score=ev.score)
+            pub(self.reporter.alarm_topic, self.reporter.alarm_payload(ev))
+        self.stats.events += len(events)
+        alarm = [self.alarms.state(i) for i in range(n)]
+        for i in self.reporter.due(now, img.value, residual, img.quality, alarm):
+            payload = self.reporter.tag_payload(
+                int(i),
+                now,
+                value=float(img.value[i]),
+                source_ts=float(img.source_ts[i]),
+                quality=int(img.quality[i]),
+                reason=img.reason[i],
+                predicted=float(predicted[i]),
+                residual=float(residual[i]),
+                score=float(score[i]),
+                alarm=alarm[i],
+            )
+            pub(self.reporter.tag_topics[i], payload)
+        self.stats.ticks += 1
+        self.stats.last_tick = now
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.publisher.publish(topic, payload).add_done_callback(self._published)
+
+    def _published(self, fut: asyncio.Future[None]) -> None:
+        # Drops (queue full) are counted by the publisher; retrieve the outcome so asyncio does
+        # not warn about an exception nobody read.
+        if not fut.cancelled() and fut.exception() is not None:
+            self.stats.publish_failures += 1
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.cfg.agent.tick_hz
+        next_t = loop.time()
+        wd_every = self.notifier.watchdog_interval_s
+        last_wd = 0.0
+        while True:
+            self.tick(time.time())
+            if wd_every is not None and loop.time() - last_wd >= wd_every:
+                self.notifier.watchdog()
+                last_wd = loop.time()
+            next_t += period
+            delay = next_t - loop.time()
+            if delay < 0:
+                self.stats.overruns += 1
+                next_t = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down in order (sources first)."""
+        await self.publisher.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tick_task = tg.create_task(self._tick_loop(), name="tick")
+                acq = []
+                for dcfg, drv in zip(self.cfg.drivers, self.drivers, strict=True):
+                    st = self.stats.link.setdefault(drv.name, LinkStats())
+                    poll = dcfg.poll_interval_s if isinstance(dcfg, ModbusDriverConfig) else 1.0
+                    acq.append(
+                        tg.create_task(
+                            run_driver(
+                                drv,
+                                self.image.update,
+                                st,
+                                poll_interval_s=poll,
+                                connect_timeout_s=dcfg.timeout_s,
+                            ),
+                            name=f"acquire:{drv.name}",
+                        )
+                    )
+                self.notifier.ready()
+                log.info("agent running", agent_id=self.cfg.agent.id, tags=len(self.image.names))
+                await stop.wait()
+                log.info("agent stopping")
+                self.notifier.stopping()
+                for t in acq:
+                    t.cancel()
+                for t in acq:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                tick_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tick_task
+                self.tick(time.time())
+        finally:
+            for drv in self.drivers:
+                await drv.aclose()
+            await self.publisher.aclose(drain_timeout_s=5.0)
+            self.notifier.close()
+            log.info("agent stopped", ticks=self.stats.ticks)

@@ -1,0 +1,150 @@
+"""Compare reality with the Digital Original, once per tick.
+
+Each tick the model is stepped from the last good values of its input tags (actuator commands,
+setpoints) over the time since the previous tick, and its predicted outputs are compared with
+the measured ones. The residuals of the last `window` ticks feed the anomaly detector, which
+gives one score per output.
+
+Rules that keep a hiccup from turning into an alarm storm or a poisoned model:
+- BAD samples never reach the model: inputs hold their last good value (`ProcessImage`).
+- An output's score is only computed once it has `window` consecutive comparable residuals
+  (GOOD measurement, all inputs GOOD); while an input is BAD nothing is scored.
+- After each comparison the model's observer pulls its slow states towards the comparable
+  measurements (`ProcessModel.observe`), so slow model error does not accumulate.
+- The model state is re-synchronised from measurements at start, when an output returns after
+  being BAD for `resync_after_s`, and after a gap between ticks longer than `max_gap_s`.
+
+`residual_series` runs the same arithmetic over a recording, so the detector is trained on
+exactly the residuals the live agent computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.image import ProcessImage
+from models.base import F64, Detector, ProcessModel
+
+
+@dataclass(slots=True)
+class CompareResult:
+    """Per tick, arrays over the model's outputs (NaN where not available)."""
+
+    predicted: F64
+    residual: F64
+    score: npt.NDArray[np.float32]
+    inputs_good: bool
+    resynced: bool
+
+
+class Comparator:
+    """Steps the model each tick and scores the residual window."""
+
+    def __init__(
+        self,
+        model: ProcessModel,
+        detector: Detector | None,
+        image: ProcessImage,
+        input_tags: list[str],
+        output_tags: list[str],
+        *,
+        resync_after_s: float = 1.0,
+        max_gap_s: float = 5.0,
+    ) -> None:
+        self.model = model
+        self.detector = detector
+        self.image = image
+        self.input_tags = input_tags
+        self.output_tags = output_tags
+        self.in_idx = np.array([image.index[t] for t in input_tags], dtype=np.intp)
+        self.out_idx = np.array([image.index[t] for t in output_tags], dtype=np.intp)
+        self.resync_after_s = resync_after_s
+        self.max_gap_s = max_gap_s
+        n_out = len(output_tags)
+        w = detector.window if detector is not None else 1
+        self.window = np.zeros((w, n_out), dtype=np.float32)
+        self.valid_run = np.zeros(n_out, dtype=np.int64)
+        self.bad_since = np.full(n_out, np.nan)
+        self.last_ts: float | None = None
+        self.prev_inputs: F64 | None = None
+        self.started = False
+        self.resyncs = 0
+        self._nan_out = np.full(n_out, np.nan)
+        self._nan_score = np.full(n_out, np.nan, dtype=np.float32)
+
+    def _resync(self, inputs: F64, measured: F64) -> None:
+        self.model.reset(inputs, measured)
+        self.valid_run[:] = 0
+        self.window[:] = 0.0
+        self.resyncs += 1
+
+    def tick(self, now: float) -> CompareResult:
+        """Advance the model to `now` (Unix seconds) and compare with the process image."""
+        img = self.image
+        inputs = img.good_value[self.in_idx]
+        q_ok = img.quality != 2
+        inputs_good = bool(q_ok[self.in_idx].all())
+        out_ok = q_ok[self.out_idx]
+        measured = np.where(out_ok, img.value[self.out_idx], np.nan)
+
+        if not np.isfinite(inputs).all():
+            # Some input has never been seen GOOD: nothing to drive the model with yet.
+            self.last_ts = now
+            return CompareResult(self._nan_out, self._nan_out, self._nan_score, False, False)
+
+        # Track outages per output, to know when one comes back after a long one.
+        returning = out_ok & np.isfinite(self.bad_since)
+        long_outage = returning & (now - self.bad_since >= self.resync_after_s)
+        self.bad_since[returning] = np.nan
+        self.bad_since[~out_ok & ~np.isfinite(self.bad_since)] = now
+
+        dt = 0.0 if self.last_ts is None else now - self.last_ts
+        resync = (not self.started) or bool(long_outage.any()) or dt > self.max_gap_s or dt < 0
+        if resync:
+            self._resync(inputs, measured)
+            self.started = True
+            dt = 0.0
+        self.last_ts = now
+        # Zero-order hold: over the interval just ended the plant saw the previous inputs.
+        held = inputs if resync or self.prev_inputs is None else self.prev_inputs
+        predicted = self.model.step(held, dt)
+        self.prev_inputs = inputs.copy()
+        residual = measured - predicted
+
+        comparable = out_ok & inputs_good & np.isfinite(residual)
+        self.model.observe(np.where(comparable, measured, np.nan), dt)
+        self.valid_run = np.where(comparable, self.valid_run + 1, 0)
+        self.window[:-1] = self.window[1:]
+        self.window[-1] = np.where(comparable, residual, 0.0)
+
+        score = self._nan_score
+        if self.detector is not None and (self.valid_run >= len(self.window)).any():
+            raw = self.detector.score(self.window)
+            score = np.where(self.valid_run >= len(self.window), raw, np.nan).astype(np.float32)
+        return CompareResult(predicted, residual, score, inputs_good, resync)
+
+
+def residual_series(model: ProcessModel, ts: F64, inputs: F64, outputs: F64) -> F64:
+    """Residuals (measured - predicted) over a recording, as the live `Comparator` computes them.
+
+    `ts` has shape (T,), `inputs` (T, n_in) in `model.input_names` order, `outputs` (T, n_out) in
+    `model.output_names` order. The model is reset from the first row; each later row steps it
+    by the time since the previous row with the previous row's inputs held (zero-order hold).
+    Rows after non-finite inputs give NaN residuals.
+    """
+    n = len(ts)
+    res = np.full((n, outputs.shape[1]), np.nan)
+    if n == 0:
+        return res
+    model.reset(inputs[0], outputs[0])
+    res[0] = outputs[0] - model.step(inputs[0], 0.0)
+    for k in range(1, n):
+        if not np.isfinite(inputs[k - 1]).all():
+            continue
+        dt = float(ts[k] - ts[k - 1])
+        res[k] = outputs[k] - model.step(inputs[k - 1], dt)
+        model.observe(outputs[k], dt)
+    return res

@@ -1,0 +1,261 @@
+"""The agent's configuration: TOML, validated completely before any I/O.
+
+`load_config(path)` returns a `Config` or raises `ConfigError` carrying every problem found,
+each with its key path (`drivers[1].tags[4].address: ...`) and a hint how to fix it. Schema
+problems (types, unknown keys, missing keys) come from pydantic; cross-field problems (unique
+tag names, overlapping registers, model inputs and outputs that name existing tags, timeouts
+shorter than intervals) are checked in a second pass so they are reported together too.
+
+This module owns the file format only; it does not build drivers or models (`edge_agent.agent`
+does, from a validated `Config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+import models
+
+# Defaults for `model.params` and `detector.path`: the files shipped with the package.
+DEFAULT_PARAMS = Path(models.__file__).parent / "process" / "loop.toml"
+DEFAULT_DETECTOR = Path(models.__file__).parent / "anomaly" / "loop_detector.onnx"
+
+REG_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists every reason, one per line."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagBase(_Strict):
+    """Settings every tag has, whatever its protocol."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)
+    unit: str = ""
+    range: tuple[float, float] | None = None
+    deadband: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> TagBase:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError("range must be [low, high] with low < high")
+        return self
+
+
+class OpcUaTagConfig(TagBase):
+    node: str = Field(min_length=3, description="node id, e.g. 'nsu=urn:plant;s=Loop.flow'")
+    sampling_interval_ms: float = Field(default=100.0, gt=0)
+
+
+class ModbusTagConfig(TagBase):
+    address: int = Field(ge=0, le=65535)
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "uint16"
+    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class OpcUaDriverConfig(_Strict):
+    kind: Literal["opcua"]
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    endpoint: str = Field(pattern=r"^opc\.tcp://")
+    publishing_interval_ms: float = Field(default=100.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+    username: str | None = None
+    password_env: str | None = Field(
+        default=None, description="name of the environment variable that holds the password"
+    )
+    tags: list[OpcUaTagConfig] = Field(min_length=1)
+
+
+class ModbusDriverConfig(_Strict):
+    kind: Literal["modbus"]
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255)
+    poll_interval_s: float = Field(default=0.1, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    max_gap: int = Field(default=10, ge=0)
+    max_registers: int = Field(default=125, ge=1, le=125)
+    tags: list[ModbusTagConfig] = Field(min_length=1)
+
+
+DriverConfig = Annotated[OpcUaDriverConfig | ModbusDriverConfig, Field(discriminator="kind")]
+
+
+class AgentSection(_Strict):
+    id: str = Field(default="edge-agent", pattern=r"^[A-Za-z0-9_\-]+$")
+    tick_hz: float = Field(default=10.0, gt=0, le=1000)
+    state_dir: str = "state"
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    quality_alarm_after_s: float = Field(default=2.0, ge=0)
+
+
+class MqttSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = "edge-agent/v1"
+    client_id: str | None = None
+    keepalive_s: int = Field(default=15, ge=5, le=3600)
+    username: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class ModelSection(_Strict):
+    kind: Literal["loop"] = "loop"
+    params: str | None = None
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    resync_after_s: float = Field(default=1.0, ge=0)
+
+
+class DetectorSection(_Strict):
+    path: str | None = None
+    raise_after_s: float = Field(default=1.0, ge=0)
+    clear_after_s: float = Field(default=3.0, ge=0)
+
+
+class Config(_Strict):
+    agent: AgentSection = AgentSection()
+    mqtt: MqttSection = MqttSection()
+    model: ModelSection
+    detector: DetectorSection = DetectorSection()
+    drivers: list[DriverConfig] = Field(min_length=1)
+
+    def tags(self) -> Iterator[tuple[str, TagBase]]:
+        """Every tag with the name of its driver, in config order."""
+        for d in self.drivers:
+            for t in d.tags:
+                yield d.name, t
+
+
+def _fmt_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    skip_next_kind = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            skip_next_kind = True
+            continue
+        if skip_next_kind and part in ("opcua", "modbus"):
+            skip_next_kind = False
+            continue  # pydantic puts the discriminator value in the path; readers don't need it
+        skip_next_kind = False
+        out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _semantic_problems(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    seen_drivers: set[str] = set()
+    seen_tags: dict[str, str] = {}
+    for i, d in enumerate(cfg.drivers):
+        if d.name in seen_drivers:
+            problems.append(f"drivers[{i}].name: duplicate driver name {d.name!r}; rename one")
+        seen_drivers.add(d.name)
+        for j, t in enumerate(d.tags):
+            where = f"drivers[{i}].tags[{j}].name"
+            if t.name in seen_tags:
+                problems.append(
+                    f"{where}: tag {t.name!r} is already defined in {seen_tags[t.name]}; "
+                    "tag names must be unique"
+                )
+            else:
+                seen_tags[t.name] = f"drivers[{i}]"
+        if isinstance(d, ModbusDriverConfig):
+            if d.timeout_s >= d.poll_interval_s * 20:
+                problems.append(
+                    f"drivers[{i}].timeout_s: {d.timeout_s} s is too long for a poll interval "
+                    f"of {d.poll_interval_s} s; use at most {d.poll_interval_s * 20:g} s"
+                )
+            used: dict[tuple[str, int], str] = {}
+            for j, t in enumerate(d.tags):
+                for reg in range(t.address, t.address + REG_WIDTH[t.type]):
+                    key = (t.table, reg)
+                    if key in used:
+                        problems.append(
+                            f"drivers[{i}].tags[{j}].address: {t.table} register {reg} of "
+                            f"{t.name!r} overlaps {used[key]!r}; fix the address or the type"
+                        )
+                        break
+                    used[key] = t.name
+                if t.address + REG_WIDTH[t.type] > 65536:
+                    problems.append(
+                        f"drivers[{i}].tags[{j}].address: {t.type} at {t.address} runs past "
+                        "register 65535"
+                    )
+    for section in ("inputs", "outputs"):
+        mapping: dict[str, str] = getattr(cfg.model, section)
+        for model_name, tag in mapping.items():
+            if tag not in seen_tags:
+                problems.append(
+                    f"model.{section}.{model_name}: tag {tag!r} is not defined by any driver; "
+                    "add it to a driver's tags or map the model name to an existing tag"
+                )
+    hb_ticks = cfg.agent.heartbeat_s * cfg.agent.tick_hz
+    if hb_ticks < 1:
+        problems.append("agent.heartbeat_s: shorter than one tick; raise it or raise tick_hz")
+    return problems
+
+
+def parse_config(data: dict[str, object], path: Path) -> Config:
+    """Validate already-parsed TOML `data`; `path` is used in messages and for relative paths."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_fmt_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(path, problems) from None
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file; raises `ConfigError` listing every problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(p, [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(p, [f"(file): not valid TOML: {exc}"]) from None
+    return parse_config(data, p)
+
+
+def config_hash(path: str | os.PathLike[str]) -> str:
+    """Short content hash of the config file, published in the agent's status."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def resolve(base: Path, value: str | None) -> Path | None:
+    """A path from the config, relative to the config file's folder."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base.parent / p).resolve()

@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures live in `tests/fixtures/`, one module per peer."""
+
+pytest_plugins = [
+    "tests.fixtures.mqtt",
+    "tests.fixtures.plc",
+]
