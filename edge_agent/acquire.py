@@ -55,6 +55,14 @@ class Backoff:
         self.attempt = 0
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that library code swallowed (asyncua's connect can): a stop
+    request that arrives mid-connect must still stop this loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def _poll(driver: Driver, sink: Sink, stats: LinkStats, interval_s: float) -> None:
     loop = asyncio.get_running_loop()
     next_t = loop.time()
@@ -95,6 +103,7 @@ async def run_driver(
         try:
             async with asyncio.timeout(connect_timeout_s * 2):
                 await driver.connect()
+            _raise_if_cancelled()
             stats.connects += 1
             stats.up = True
             backoff.reset()

@@ -36,6 +36,7 @@ from edge_agent.config import (
     DEFAULT_DETECTOR,
     DEFAULT_PARAMS,
     Config,
+    ConfigError,
     ModbusDriverConfig,
     OpcUaDriverConfig,
     config_hash,
@@ -81,6 +82,40 @@ def build_driver(d: OpcUaDriverConfig | ModbusDriverConfig) -> Driver:
     )
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 5) -> None:
+    """Cancel tasks and wait for them, cancelling again those that swallowed a cancellation."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=2.0)
+    if pending:
+        log.error("tasks ignore cancellation", tasks=[t.get_name() for t in pending])
+
+
+def _check_mapping(
+    cfg: Config, cfg_path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]
+) -> None:
+    """The config maps exactly the model's inputs and outputs; else `ConfigError`."""
+    problems = []
+    for section, names in (("inputs", inputs), ("outputs", outputs)):
+        mapping: dict[str, str] = getattr(cfg.model, section)
+        for missing in [n for n in names if n not in mapping]:
+            problems.append(
+                f"model.{section}.{missing}: missing; the {cfg.model.kind} model needs a tag "
+                f"for each of {', '.join(names)}"
+            )
+        for extra in [n for n in mapping if n not in names]:
+            problems.append(
+                f"model.{section}.{extra}: the {cfg.model.kind} model has no {section[:-1]} "
+                f"of that name; expected one of {', '.join(names)}"
+            )
+    if problems:
+        raise ConfigError(cfg_path, problems)
+
+
 @dataclass
 class TickStats:
     """Counters of the tick loop, for health and metrics."""
@@ -105,6 +140,7 @@ class Agent:
         self.model = LoopModel.load(resolve(cfg_path, cfg.model.params) or DEFAULT_PARAMS)
         self.detector_path = resolve(cfg_path, cfg.detector.path) or DEFAULT_DETECTOR
         self.detector = OnnxDetector.load(self.detector_path, self.model.output_names)
+        _check_mapping(cfg, cfg_path, self.model.input_names, self.model.output_names)
         self.input_tags = [cfg.model.inputs[n] for n in self.model.input_names]
         self.output_tags = [cfg.model.outputs[n] for n in self.model.output_names]
         self.comparator = Comparator(
@@ -265,11 +301,7 @@ class Agent:
                 await stop.wait()
                 log.info("agent stopping")
                 self.notifier.stopping()
-                for t in acq:
-                    t.cancel()
-                for t in acq:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                await _cancel_all(acq)
                 tick_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await tick_task

@@ -34,13 +34,37 @@ def _load_or_exit(path: str) -> tuple[object, Path]:
     return cfg, Path(path).resolve()
 
 
+def _state_dir(cfg: object, path: Path) -> Path:
+    from edge_agent.config import Config
+
+    assert isinstance(cfg, Config)
+    p = Path(cfg.agent.state_dir)
+    return p if p.is_absolute() else path.parent / p
+
+
+def _build_or_exit(cfg: object, path: Path) -> object:
+    """Build the agent (model and detector files loaded and checked, no network I/O)."""
+    _set_cache_dir(_state_dir(cfg, path))
+    from edge_agent.agent import Agent
+    from edge_agent.config import Config, ConfigError
+    from models.base import ModelError
+
+    assert isinstance(cfg, Config)
+    try:
+        return Agent(cfg, path)
+    except (ModelError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg, path = _load_or_exit(args.config)
     from edge_agent.config import Config
 
     assert isinstance(cfg, Config)
+    _build_or_exit(cfg, path)
     n_tags = sum(1 for _ in cfg.tags())
-    print(f"{path}: ok ({len(cfg.drivers)} drivers, {n_tags} tags)")
+    print(f"{path}: ok ({len(cfg.drivers)} drivers, {n_tags} tags, model and detector loaded)")
     return 0
 
 
@@ -60,22 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, json=True if args.log_json else None)
     cfg, path = _load_or_exit(args.config)
-    from edge_agent.config import Config
-
-    assert isinstance(cfg, Config)
-    _set_cache_dir(
-        Path(cfg.agent.state_dir)
-        if Path(cfg.agent.state_dir).is_absolute()
-        else path.parent / cfg.agent.state_dir
-    )
-    from edge_agent.agent import Agent
-    from models.base import ModelError
-
-    try:
-        agent = Agent(cfg, path)
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    agent = _build_or_exit(cfg, path)
     asyncio.run(_run_until_signal(agent))
     return 0
 

@@ -43,9 +43,11 @@ async def test_run_notifies_systemd_logs_json_and_stops_on_sigterm(
         write_config(cfg, rig, mosquitto)
         sub = await mqtt_sub(mosquitto.host, mosquitto.port, "edge-agent/v1/cli/#")
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="1000000")
+        log_path = tmp_path / "agent.log"
+        log_file = log_path.open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg),
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
         )  # fmt: skip
         notes: list[str] = []
 
@@ -66,11 +68,21 @@ async def test_run_notifies_systemd_logs_json_and_stops_on_sigterm(
             assert await sub.wait_for(has_delta, 30)
         finally:
             proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise AssertionError(
+                    "no exit 30 s after SIGTERM:\n" + log_path.read_text()[-3000:]
+                ) from None
+            finally:
+                log_file.close()
             drain_notes()
             sock.close()
-    assert proc.returncode == 0, err.decode()[-2000:]
-    lines = [ln for ln in err.decode().splitlines() if ln.startswith("{")]
+    err = log_path.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("{")]
     events = [json.loads(ln)["event"] for ln in lines]
     assert "agent running" in events and "agent stopped" in events
     assert any("STOPPING=1" in n for n in notes)

@@ -115,3 +115,23 @@ def test_not_toml_is_a_config_error(tmp_path: Path) -> None:
     p.write_text("[agent\nid=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(p)
+
+
+def test_check_config_names_model_mapping_problems(tmp_path: Path) -> None:
+    """A model input mapped under a name the model does not have is reported with its key."""
+    bad = tmp_path / "agent.toml"
+    bad.write_text(
+        DEMO.read_text()
+        .replace('valve_out = "valve_out"', 'valve_outt = "valve_out"')
+        .replace('state_dir = "../state"', f'state_dir = "{tmp_path}"')
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "check-config", str(bad)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "model.inputs.valve_outt" in r.stderr
+    assert "model.inputs.valve_out: missing" in r.stderr
