@@ -1,0 +1,12 @@
+"""Process units authored through `models.process.spec`: one `.py` + `.toml` pair each.
+
+`water_loop` re-expresses `models.process.loop` through the authoring API (same equations),
+`heat_exchanger` is a lumped two-node counter-flow heat exchanger. `UNITS_DIR` locates them:
+`load_spec(UNITS_DIR / "heat_exchanger.toml")`.
+"""
+
+from pathlib import Path
+
+UNITS_DIR = Path(__file__).parent
+
+__all__ = ["UNITS_DIR"]
