@@ -43,11 +43,15 @@ from edge_agent.config import (
     resolve,
 )
 from edge_agent.image import ProcessImage
+from edge_agent.learn import Learner
 from edge_agent.notify import Notifier
 from edge_agent.publish import MqttPublisher, MqttSettings
 from edge_agent.report import Reporter
 from models.anomaly.detector import OnnxDetector
+from models.base import ProcessModel
+from models.process.engine import SpecModel
 from models.process.loop import LoopModel
+from models.process.spec import ModelSpec, load_spec
 
 log = structlog.get_logger(__name__)
 
@@ -137,10 +141,15 @@ class Agent:
         self.drivers = [build_driver(d) for d in cfg.drivers]
         tags = list(cfg.tags())
         self.image = ProcessImage([t.name for _, t in tags], [t.range for _, t in tags])
-        self.model = LoopModel.load(resolve(cfg_path, cfg.model.params) or DEFAULT_PARAMS)
-        self.detector_path = resolve(cfg_path, cfg.detector.path) or DEFAULT_DETECTOR
-        self.detector = OnnxDetector.load(self.detector_path, self.model.output_names)
+        self.spec: ModelSpec | None = None
+        self.model = self._build_model()
         _check_mapping(cfg, cfg_path, self.model.input_names, self.model.output_names)
+        self.detector_path = resolve(cfg_path, cfg.detector.path) or DEFAULT_DETECTOR
+        self.detector = (
+            OnnxDetector.load(self.detector_path, self.model.output_names)
+            if cfg.detector.enabled
+            else None
+        )
         self.input_tags = [cfg.model.inputs[n] for n in self.model.input_names]
         self.output_tags = [cfg.model.outputs[n] for n in self.model.output_names]
         self.comparator = Comparator(
@@ -151,11 +160,16 @@ class Agent:
             self.output_tags,
             resync_after_s=cfg.model.resync_after_s,
             max_gap_s=max(5.0, 20.0 / cfg.agent.tick_hz),
+            max_input_age_s=cfg.model.max_input_age_s,
         )
+        self.learner = self._build_learner()
+        ens = cfg.model.ensemble
+        self._model_report_s = ens.publish_s if ens is not None else 0.0
+        self._next_model_report = 0.0
         self.alarms = AlarmTracker(
             self.image.names,
-            raise_level=self.detector.raise_level,
-            clear_level=self.detector.clear_level,
+            raise_level=self.detector.raise_level if self.detector else 1.0,
+            clear_level=self.detector.clear_level if self.detector else 0.7,
             raise_after_s=cfg.detector.raise_after_s,
             clear_after_s=cfg.detector.clear_after_s,
             quality_after_s=cfg.agent.quality_alarm_after_s,
@@ -169,6 +183,7 @@ class Agent:
             topic_prefix=prefix,
         )
         self._out_pos = np.array([self.image.index[t] for t in self.output_tags], dtype=np.intp)
+        self._out_set = {int(i) for i in self._out_pos}
         self.config_hash = config_hash(cfg_path)
         m = cfg.mqtt
         self.publisher = MqttPublisher(
@@ -192,6 +207,55 @@ class Agent:
         self.stats = TickStats()
         self.last: CompareResult | None = None
 
+    def _build_model(self) -> ProcessModel:
+        m, path = self.cfg.model, self.cfg_path
+        if m.kind == "spec":
+            self.spec = load_spec(resolve(path, m.spec) or Path())
+            return SpecModel(self.spec)
+        if m.kind == "fmu":
+            # fmpy is optional (the extra "fmu"): import it only for an FMU model.
+            from models.process.fmu import FmuModel  # noqa: PLC0415
+
+            return FmuModel.load(
+                resolve(path, m.fmu) or Path(), inputs=list(m.inputs), outputs=list(m.outputs)
+            )
+        return LoopModel.load(resolve(path, m.params) or DEFAULT_PARAMS)
+
+    def _build_learner(self) -> Learner | None:
+        ens = self.cfg.model.ensemble
+        if ens is None or self.spec is None:
+            return None
+        spec = self.spec
+        unknown = [p for p in ens.vary if p not in spec.params]
+        bad_sigma = [o for o in ens.sigma if o not in spec.outputs]
+        if unknown or bad_sigma:
+            raise ConfigError(self.cfg_path, [
+                *(f"model.ensemble.vary: {p!r} is not a parameter of model {spec.name}; "
+                  f"expected some of {', '.join(spec.params)}" for p in unknown),
+                *(f"model.ensemble.sigma.{o}: not an output of model {spec.name}"
+                  for o in bad_sigma),
+            ])  # fmt: skip
+        if self.detector is not None:
+            scale = self.detector.residual_scale
+        else:
+            scale = np.ones(len(spec.outputs))
+        sigma = np.array([ens.sigma.get(o, float(scale[j])) for j, o in enumerate(spec.outputs)])
+        return Learner(
+            spec,
+            variants=ens.variants,
+            vary=ens.vary or list(spec.params),
+            sigma=sigma,
+            seed=ens.seed,
+            spread=ens.spread,
+            forgetting_s=ens.forgetting_s,
+            drift_window_s=ens.drift_window_s,
+        )
+
+    def request_resync(self) -> None:
+        """Re-synchronise the model state from measurements on the next tick."""
+        log.info("model resync requested")
+        self.comparator.request_resync()
+
     def status_payload(self, state: str) -> bytes:
         """The retained status document (also the last will with state "offline")."""
         doc = {
@@ -201,10 +265,12 @@ class Agent:
             "ts": round(time.time(), 3),
             "config_hash": self.config_hash,
             "model": {"kind": self.cfg.model.kind, "outputs": list(self.output_tags)},
-            "detector": {
+            "detector": None
+            if self.detector is None
+            else {
                 "file": self.detector_path.name,
-                "fingerprint": self.detector.metadata.get("fingerprint", ""),
-                "version": self.detector.metadata.get("version", ""),
+                "fingerprint": self.detector.metadata.get("training_sha256", ""),
+                "version": self.detector.metadata.get("format_version", ""),
             },
         }
         return json.dumps(doc, separators=(",", ":")).encode()
@@ -218,9 +284,11 @@ class Agent:
         predicted = np.full(n, np.nan)
         residual = np.full(n, np.nan)
         score = np.full(n, np.nan)
+        cusum = np.full(n, np.nan)
         predicted[self._out_pos] = res.predicted
         residual[self._out_pos] = res.residual
         score[self._out_pos] = res.score
+        cusum[self._out_pos] = res.cusum
         bad = img.quality == 2
         events = self.alarms.update(now, score, bad, img.reason)
         pub = self._publish
@@ -228,6 +296,13 @@ class Agent:
             log.info("alarm " + ev.event, kind=ev.kind, tag=ev.tag, score=ev.score)
             pub(self.reporter.alarm_topic, self.reporter.alarm_payload(ev))
         self.stats.events += len(events)
+        if self.learner is not None and self.comparator.step_info is not None:
+            for doc in self.learner.tick(self.comparator.step_info):
+                pub(self.reporter.alarm_topic, json.dumps(doc, separators=(",", ":")).encode())
+            if now >= self._next_model_report:
+                tag_of = dict(zip(self.model.output_names, self.output_tags, strict=True))
+                pub(self.reporter.model_topic, self.learner.report(now, tag_of), retain=True)
+                self._next_model_report = now + self._model_report_s
         alarm = [self.alarms.state(i) for i in range(n)]
         for i in self.reporter.due(now, img.value, residual, img.quality, alarm):
             payload = self.reporter.tag_payload(
@@ -241,13 +316,15 @@ class Agent:
                 residual=float(residual[i]),
                 score=float(score[i]),
                 alarm=alarm[i],
+                cusum=float(cusum[i]),
+                prediction=res.prediction if i in self._out_set else "none",
             )
             pub(self.reporter.tag_topics[i], payload)
         self.stats.ticks += 1
         self.stats.last_tick = now
 
-    def _publish(self, topic: str, payload: bytes) -> None:
-        self.publisher.publish(topic, payload).add_done_callback(self._published)
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.publisher.publish(topic, payload, retain=retain).add_done_callback(self._published)
 
     def _published(self, fut: asyncio.Future[None]) -> None:
         # Drops (queue full) are counted by the publisher; retrieve the outcome so asyncio does

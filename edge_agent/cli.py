@@ -76,6 +76,8 @@ async def _run_until_signal(agent: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR1: re-synchronise the Digital Original's state from measurements now.
+    loop.add_signal_handler(signal.SIGUSR1, agent.request_resync)
     await agent.run(stop)
 
 

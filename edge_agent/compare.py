@@ -6,13 +6,17 @@ the measured ones. The residuals of the last `window` ticks feed the anomaly det
 gives one score per output.
 
 Rules that keep a hiccup from turning into an alarm storm or a poisoned model:
-- BAD samples never reach the model: inputs hold their last good value (`ProcessImage`).
+- BAD samples never reach the model: inputs hold their last good value (`ProcessImage`), the
+  prediction is marked "uncertain", and after `max_input_age_s` it is withdrawn ("none").
 - An output's score is only computed once it has `window` consecutive comparable residuals
   (GOOD measurement, all inputs GOOD); while an input is BAD nothing is scored.
 - After each comparison the model's observer pulls its slow states towards the comparable
   measurements (`ProcessModel.observe`), so slow model error does not accumulate.
 - The model state is re-synchronised from measurements at start, when an output returns after
-  being BAD for `resync_after_s`, and after a gap between ticks longer than `max_gap_s`.
+  being BAD for `resync_after_s`, after a gap between ticks longer than `max_gap_s`, and on
+  demand (`request_resync`, SIGUSR1 on the agent).
+- Beside the ONNX score, the residuals are whitened and run through a per-output CUSUM
+  (`models.anomaly.cusum`): a fast, explainable second score, 1.0 = its threshold.
 
 `residual_series` runs the same arithmetic over a recording, so the detector is trained on
 exactly the residuals the live agent computes.
@@ -26,18 +30,40 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.image import ProcessImage
+from models.anomaly.cusum import Cusum
 from models.base import F64, Detector, ProcessModel
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What the comparator used on this tick, so the ensemble sees exactly the same."""
+
+    now: float
+    held_inputs: F64
+    dt: float
+    measured: F64
+    comparable: npt.NDArray[np.bool_]
+    resynced: bool
+
+
+PREDICTION_GOOD, PREDICTION_UNCERTAIN, PREDICTION_NONE = "good", "uncertain", "none"
 
 
 @dataclass(slots=True)
 class CompareResult:
-    """Per tick, arrays over the model's outputs (NaN where not available)."""
+    """Per tick, arrays over the model's outputs (NaN where not available).
+
+    `prediction` is "good", "uncertain" (some input is BAD: its last good value is held) or
+    "none" (an input has been BAD longer than `max_input_age_s`, or was never seen).
+    """
 
     predicted: F64
     residual: F64
     score: npt.NDArray[np.float32]
+    cusum: F64
     inputs_good: bool
     resynced: bool
+    prediction: str = PREDICTION_GOOD
 
 
 class Comparator:
@@ -53,6 +79,7 @@ class Comparator:
         *,
         resync_after_s: float = 1.0,
         max_gap_s: float = 5.0,
+        max_input_age_s: float = 30.0,
     ) -> None:
         self.model = model
         self.detector = detector
@@ -63,6 +90,10 @@ class Comparator:
         self.out_idx = np.array([image.index[t] for t in output_tags], dtype=np.intp)
         self.resync_after_s = resync_after_s
         self.max_gap_s = max_gap_s
+        self.max_input_age_s = max_input_age_s
+        self.cusum = Cusum(len(output_tags))
+        self.step_info: StepInfo | None = None
+        self._resync_requested = False
         n_out = len(output_tags)
         w = detector.window if detector is not None else 1
         self.window = np.zeros((w, n_out), dtype=np.float32)
@@ -75,11 +106,17 @@ class Comparator:
         self._nan_out = np.full(n_out, np.nan)
         self._nan_score = np.full(n_out, np.nan, dtype=np.float32)
 
+    def request_resync(self) -> None:
+        """Re-initialise the model from measurements on the next tick (on demand)."""
+        self._resync_requested = True
+
     def _resync(self, inputs: F64, measured: F64) -> None:
         self.model.reset(inputs, measured)
         self.valid_run[:] = 0
         self.window[:] = 0.0
+        self.cusum.reset()
         self.resyncs += 1
+        self._resync_requested = False
 
     def tick(self, now: float) -> CompareResult:
         """Advance the model to `now` (Unix seconds) and compare with the process image."""
@@ -93,7 +130,11 @@ class Comparator:
         if not np.isfinite(inputs).all():
             # Some input has never been seen GOOD: nothing to drive the model with yet.
             self.last_ts = now
-            return CompareResult(self._nan_out, self._nan_out, self._nan_score, False, False)
+            self.step_info = None
+            return CompareResult(
+                self._nan_out, self._nan_out, self._nan_score, self._nan_out, False, False,
+                PREDICTION_NONE,
+            )  # fmt: skip
 
         # Track outages per output, to know when one comes back after a long one.
         returning = out_ok & np.isfinite(self.bad_since)
@@ -102,7 +143,13 @@ class Comparator:
         self.bad_since[~out_ok & ~np.isfinite(self.bad_since)] = now
 
         dt = 0.0 if self.last_ts is None else now - self.last_ts
-        resync = (not self.started) or bool(long_outage.any()) or dt > self.max_gap_s or dt < 0
+        resync = (
+            not self.started
+            or self._resync_requested
+            or bool(long_outage.any())
+            or dt > self.max_gap_s
+            or dt < 0
+        )
         if resync:
             self._resync(inputs, measured)
             self.started = True
@@ -112,10 +159,19 @@ class Comparator:
         held = inputs if resync or self.prev_inputs is None else self.prev_inputs
         predicted = self.model.step(held, dt)
         self.prev_inputs = inputs.copy()
+        prediction = PREDICTION_GOOD
+        if not inputs_good:
+            bad_in = ~q_ok[self.in_idx]
+            age = now - float(img.good_ts[self.in_idx][bad_in].min())
+            prediction = PREDICTION_NONE if age > self.max_input_age_s else PREDICTION_UNCERTAIN
+            if prediction == PREDICTION_NONE:
+                predicted = self._nan_out
         residual = measured - predicted
 
         comparable = out_ok & inputs_good & np.isfinite(residual)
         self.model.observe(np.where(comparable, measured, np.nan), dt)
+        self.step_info = StepInfo(now, held, dt, measured, comparable, resync)
+        cusum = self.cusum.update(np.where(comparable, residual, np.nan), comparable)
         self.valid_run = np.where(comparable, self.valid_run + 1, 0)
         self.window[:-1] = self.window[1:]
         self.window[-1] = np.where(comparable, residual, 0.0)
@@ -124,7 +180,7 @@ class Comparator:
         if self.detector is not None and (self.valid_run >= len(self.window)).any():
             raw = self.detector.score(self.window)
             score = np.where(self.valid_run >= len(self.window), raw, np.nan).astype(np.float32)
-        return CompareResult(predicted, residual, score, inputs_good, resync)
+        return CompareResult(predicted, residual, score, cusum, inputs_good, resync, prediction)
 
 
 def residual_series(model: ProcessModel, ts: F64, inputs: F64, outputs: F64) -> F64:

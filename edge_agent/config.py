@@ -124,15 +124,37 @@ class MqttSection(_Strict):
     key_file: str | None = None
 
 
+class EnsembleSection(_Strict):
+    """Parameter variants stepped beside the nominal model and calibrated online."""
+
+    variants: int = Field(default=200, ge=1, le=10_000)
+    vary: list[str] = Field(default_factory=list, description="parameters to vary; [] = all")
+    seed: int = 0
+    spread: float = Field(default=1.0, gt=0, le=1.0, description="fraction of each range")
+    forgetting_s: float = Field(default=30.0, gt=0)
+    drift_window_s: float = Field(default=600.0, gt=0)
+    publish_s: float = Field(default=5.0, gt=0)
+    sigma: dict[str, float] = Field(
+        default_factory=dict, description="per model output; default: the detector's scale"
+    )
+
+
 class ModelSection(_Strict):
-    kind: Literal["loop"] = "loop"
+    kind: Literal["loop", "spec", "fmu"] = "loop"
     params: str | None = None
+    spec: str | None = Field(default=None, description="model TOML (kind = 'spec')")
+    fmu: str | None = Field(default=None, description="FMI 2.0 co-simulation FMU (kind = 'fmu')")
     inputs: dict[str, str]
     outputs: dict[str, str]
     resync_after_s: float = Field(default=1.0, ge=0)
+    max_input_age_s: float = Field(
+        default=30.0, gt=0, description="stop predicting once an input is BAD this long"
+    )
+    ensemble: EnsembleSection | None = None
 
 
 class DetectorSection(_Strict):
+    enabled: bool = True
     path: str | None = None
     raise_after_s: float = Field(default=1.0, ge=0)
     clear_after_s: float = Field(default=3.0, ge=0)
@@ -215,6 +237,21 @@ def _semantic_problems(cfg: Config) -> list[str]:
                     f"model.{section}.{model_name}: tag {tag!r} is not defined by any driver; "
                     "add it to a driver's tags or map the model name to an existing tag"
                 )
+    m = cfg.model
+    if m.kind == "spec" and m.spec is None:
+        problems.append("model.spec: required with kind = 'spec' (the model's TOML file)")
+    if m.kind == "fmu" and m.fmu is None:
+        problems.append("model.fmu: required with kind = 'fmu' (the .fmu file)")
+    if m.ensemble is not None and m.kind != "spec":
+        problems.append(
+            "model.ensemble: needs an authored model: kind = 'spec' with e.g. "
+            "spec = 'models/process/units/water_loop.toml'"
+        )
+    if m.kind != "loop" and m.params is not None:
+        problems.append(
+            "model.params: only for kind = 'loop'; an authored model keeps its "
+            "parameters in its own TOML"
+        )
     hb_ticks = cfg.agent.heartbeat_s * cfg.agent.tick_hz
     if hb_ticks < 1:
         problems.append("agent.heartbeat_s: shorter than one tick; raise it or raise tick_hz")

@@ -6,7 +6,8 @@ deadband, its residual moved by more than the deadband, its quality or alarm sta
 
 Topics (all under `<topic_prefix>/<agent id>/`; payloads are UTF-8 JSON, NaN as null):
 - `tags/<tag>`   a delta: {"ts", "source_ts", "value", "quality", "reason", "unit",
-                  "predicted", "residual", "score", "alarm"}; QoS 1, not retained
+                  "predicted", "residual", "score", "cusum", "prediction", "alarm"}; QoS 1
+- `model`        retained: the calibrated parameter estimates (see `edge_agent.learn`)
 - `alarms`       lifecycle events: {"ts", "event": raised|cleared, "kind": anomaly|quality,
                   "tag", "score", "reason", "contributors": [{"tag", "score"}]}; QoS 1
 - `status`       retained: {"state": online|offline, "agent_id", "version", "ts",
@@ -52,6 +53,7 @@ class Reporter:
         self.tag_topics = tuple(f"{self.prefix}/tags/{name}" for name in names)
         self.alarm_topic = f"{self.prefix}/alarms"
         self.status_topic = f"{self.prefix}/status"
+        self.model_topic = f"{self.prefix}/model"
         self.last_value = np.full(n, np.nan)
         self.last_residual = np.full(n, np.nan)
         self.last_quality = np.full(n, -1, dtype=np.int8)
@@ -103,6 +105,8 @@ class Reporter:
         residual: float,
         score: float,
         alarm: str,
+        cusum: float = math.nan,
+        prediction: str = "none",
     ) -> bytes:
         """The JSON delta of tag `i`."""
         doc = {
@@ -115,6 +119,8 @@ class Reporter:
             "predicted": _num(predicted),
             "residual": _num(residual),
             "score": _num(score),
+            "cusum": _num(cusum),
+            "prediction": prediction,
             "alarm": alarm,
         }
         return json.dumps(doc, separators=(",", ":")).encode()

@@ -26,6 +26,7 @@ FAULT_KINDS: dict[str, str] = {
     "leak": "tank leak, level falls (rate_m_s at nominal level, default 0.0015 m/s)",
     "pump-wear": "pump head and efficiency loss (head, eff fractions, default 0.25 each)",
     "plc-restart": "a PLC server stops, back after down_s (plc=process|drive, default 5 s)",
+    "pump-ageing": "pump efficiency falls slowly (rate_per_s 0.0005/s default, max_loss 0.5)",
     "bad-value": "a transmitter fails: tag serves value (tag=fluid_temp, value=nan default)",
 }
 
@@ -36,6 +37,7 @@ FAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
     "pump-wear": {"head": 0.25, "eff": 0.25},
     "plc-restart": {"plc": "process", "down_s": 5.0},
     "bad-value": {"tag": "fluid_temp", "value": float("nan")},
+    "pump-ageing": {"rate_per_s": 0.0005, "max_loss": 0.5},
 }
 
 EXPECTED_TAGS: dict[str, tuple[str, ...]] = {
@@ -45,9 +47,10 @@ EXPECTED_TAGS: dict[str, tuple[str, ...]] = {
     "pump-wear": ("flow", "pressure", "motor_current"),
     "plc-restart": tuple(t.name for t in tags_of("process")),
     "bad-value": ("fluid_temp",),
+    "pump-ageing": ("motor_current",),
 }
 
-PHYSICS_KINDS = frozenset({"drift", "stuck", "leak", "pump-wear", "bad-value"})
+PHYSICS_KINDS = frozenset({"drift", "stuck", "leak", "pump-wear", "bad-value", "pump-ageing"})
 
 
 def expected_tags(kind: str, params: Mapping[str, ParamValue] | None = None) -> tuple[str, ...]:
@@ -90,6 +93,10 @@ def check_params(kind: str, params: Mapping[str, ParamValue]) -> dict[str, Param
             raise ValueError(f"fault bad-value: unknown tag {out['tag']!r}")
         if tag.plc == "drive" and tag.reg_type != "float32":
             raise ValueError(f"fault bad-value: {tag.name} is an integer register; use a float tag")
+    if kind == "pump-ageing" and not (
+        float(out["rate_per_s"]) >= 0.0 and 0.0 <= float(out["max_loss"]) < 1.0
+    ):
+        raise ValueError("fault pump-ageing: rate_per_s >= 0 and max_loss in [0, 1) required")
     if kind == "leak" and float(out["rate_m_s"]) < 0.0:
         raise ValueError("fault leak: rate_m_s must be >= 0")
     return out
@@ -135,6 +142,8 @@ class ActiveFaults:
     eff_loss: float = 0.0
     bad_tag: str = ""
     bad_value: float = float("nan")
+    eff_loss_rate: float = 0.0
+    eff_loss_max: float = 0.0
 
     def apply(self, kind: str, params: Mapping[str, ParamValue] | None = None) -> None:
         """Start a physics fault now. `plc-restart` is not physics: ValueError."""
@@ -147,6 +156,9 @@ class ActiveFaults:
             self.stuck = True
         elif kind == "leak":
             self.leak_m_s = float(p["rate_m_s"])
+        elif kind == "pump-ageing":
+            self.eff_loss_rate = float(p["rate_per_s"])
+            self.eff_loss_max = float(p["max_loss"])
         elif kind == "bad-value":
             self.bad_tag, self.bad_value = str(p["tag"]), float(p["value"])
         else:
@@ -157,6 +169,7 @@ class ActiveFaults:
         """Back to healthy (a drifted sensor is recalibrated, a leak fixed, the pump replaced)."""
         self.drift_k_s = self.drift_offset_k = self.leak_m_s = 0.0
         self.head_loss = self.eff_loss = 0.0
+        self.eff_loss_rate = self.eff_loss_max = 0.0
         self.stuck = False
         self.bad_tag = ""
 
@@ -169,7 +182,13 @@ class ActiveFaults:
             or self.head_loss
             or self.eff_loss
             or self.bad_tag
+            or self.eff_loss_rate
         )
+
+    def age(self, dt: float) -> None:
+        """Advance slow faults by `dt` seconds (pump ageing)."""
+        if self.eff_loss_rate:
+            self.eff_loss = min(self.eff_loss_max, self.eff_loss + self.eff_loss_rate * dt)
 
 
 @dataclass(slots=True)

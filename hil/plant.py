@@ -251,6 +251,7 @@ class Plant:
         self._temp_f += (self._t - self._temp_f) * min(1.0, h / p.temp_lag_s)
         self._pres_f += (self._pressure - self._pres_f) * min(1.0, h / p.pressure_lag_s)
         f.drift_offset_k += f.drift_k_s * h
+        f.age(h)
         if f.stuck and self._stuck_value is None:
             self._stuck_value = self._measured_flow()
         elif not f.stuck:

@@ -383,6 +383,13 @@ class Ensemble:
         """A copy of the outputs after the last step or reset, shape (N, n_out)."""
         return self._y.copy()
 
+    def set_params(self, params: npt.ArrayLike) -> None:
+        """Replace the parameter matrix (N, P) (same N), e.g. after the calibrator resampled."""
+        p = check_params(self.spec, params)
+        if p.shape != self._p.shape:
+            raise ModelError(f"model {self.spec.name}: params: expected shape {self._p.shape}")
+        self._p = p
+
     def set_states(self, states: npt.ArrayLike) -> None:
         """Overwrite the states: (n_states,) for every variant or (N, n_states)."""
         x = np.broadcast_to(np.asarray(states, dtype=np.float64), self._x.shape)
