@@ -1,7 +1,8 @@
 """edge-agent: runs a plant's Digital Original next to the real plant and streams the deltas.
 
 Pipeline, in module order: `acquire` (drivers -> samples) -> `image` (process image) ->
-`compare` (Digital Original + detector) -> `alarms` -> `report` (report by exception) ->
+`compare` (Digital Original + detector) -> `learn` (calibrated ensemble) -> `alarms` ->
+`report` (report by exception) ->
 `publish` (MQTT). `agent` wires them under one asyncio TaskGroup; `cli` is the entry point.
 """
 

@@ -3,5 +3,5 @@
 # e.g. `bash scripts/demo.sh --duration 60 --fault leak@20`.
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_uv
-uv sync --frozen --quiet
+uv sync --frozen --quiet --compile-bytecode
 exec uv run --frozen edge-agent demo "$@"

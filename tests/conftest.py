@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.plc",
+    "tests.fixtures.fmu",
 ]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -41,19 +39,6 @@ def tank_level(h0: float, inflow: float, valve: float, dt: float, area: float = 
         return h0 + inflow * dt / area
     h_ss = inflow / kv
     return h_ss + (h0 - h_ss) * math.exp(-kv * dt / area)
-
-
-@pytest.fixture(scope="session")
-def tank_fmu(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build WaterTank.fmu once for the session with pythonfmu."""
-    out = tmp_path_factory.mktemp("fmu")
-    subprocess.run(
-        [sys.executable, "-m", "pythonfmu", "build", "-f", str(SOURCE), "-d", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out / "WaterTank.fmu"
 
 
 @pytest.fixture
