@@ -1,8 +1,9 @@
 """A NumPy-vectorised water-loop Digital Original: the baseline for the numba kernels.
 
 Owns nothing the product runs: it re-implements, over N parameter variants at once, the same
-equations and the same sub-stepping rule as the compiled kernels in `models.process.loop`
-(`_deriv`, `_outputs`, `_advance`), so the benchmark compares two implementations of one
+equations as the authored water loop (`models.process.units.water_loop`: `derivative`,
+`output`) with the sub-stepping rule of the former hand-written kernel (RK4 sub-steps no longer
+than the substep nor the flow time constant), so the benchmark compares implementations of one
 model. Arrays are laid out state-major, `x` of shape (4, N), so each state is one contiguous
 row. Terms that depend only on the inputs and the parameters (held constant over a step) are
 computed once per step, as a NumPy author would; per-variant sub-step counts are honoured by
@@ -16,15 +17,18 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from models.process.loop import MAX_SUBSTEPS, VALVE_MIN
-from models.process.params import P_INDEX
+from models.process.engine import MAX_SUBSTEPS
+from models.process.units.water_loop import PARAMS, VALVE_MIN
+
+# Column of each parameter in the (N, P) matrix: the model file's PARAMS order, as the engine's.
+P_INDEX: dict[str, int] = {name: i for i, name in enumerate(PARAMS)}
 
 F64 = npt.NDArray[np.float64]
 G = 9.81
 
 
 class NumpyLoop:
-    """N variants of the water loop; `params` has shape (N, P) in `PARAM_NAMES` order."""
+    """N variants of the water loop; `params` has shape (N, P) in `PARAMS` order."""
 
     def __init__(self, params: F64, substep_s: float) -> None:
         p = np.asarray(params, dtype=np.float64)
@@ -91,7 +95,7 @@ class NumpyLoop:
         return dx
 
     def outputs(self, x: F64, held: dict[str, F64 | float]) -> F64:
-        """Predicted outputs, shape (6, N), in `OUTPUT_NAMES` order."""
+        """Predicted outputs, shape (6, N), in `water_loop.OUTPUTS` order."""
         q = x[0]
         head = held["h0s2"] - self.kq * q * np.abs(q)
         _p_shaft, current = self._electric(q, head, held)

@@ -1,11 +1,12 @@
 """A hand-tuned numba ensemble kernel of the water loop: what the same equations cost at best.
 
 Owns nothing the product runs. It shows how far the compiled ensemble can go when written
-for the machine: the same equations and sub-stepping rule as `models.process.loop._advance`,
-but the state of one variant kept in local scalars (no scratch arrays allocated per call), the
-terms that depend only on inputs and parameters hoisted out of the RK4 stages, and divisions
-by parameters turned into multiplications by reciprocals computed once per variant and step.
-Results agree with `_advance` to rounding (checked by `bench.model_step`).
+for the machine: the same equations as `models.process.units.water_loop` and the same
+sub-stepping rule as `bench.loop_numpy` (that of the former hand-written kernel), but the
+state of one variant kept in local scalars (no scratch arrays allocated per call), the terms
+that depend only on inputs and parameters hoisted out of the RK4 stages, and divisions by
+parameters turned into multiplications by reciprocals computed once per variant and step.
+Results agree with `bench.loop_numpy` to rounding (checked by `bench.model_step`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from models.process.loop import MAX_SUBSTEPS, VALVE_MIN
-from models.process.params import P_INDEX
+from models.process.engine import MAX_SUBSTEPS
+from models.process.units.water_loop import PARAMS, VALVE_MIN
+
+# Columns of the (N, P) parameter matrix: the model file's PARAMS order, as the engine's.
+P_INDEX: dict[str, int] = {name: i for i, name in enumerate(PARAMS)}
 
 F64 = npt.NDArray[np.float64]
 G = 9.81
@@ -63,7 +67,7 @@ def _rates(  # numba kernel: plain positional scalars
 def ensemble_advance_scalar(  # noqa: PLR0917  # numba kernel: plain positional arrays
     x: F64, u: F64, p: F64, dt: float, substep: float, y: F64
 ) -> None:
-    """Advance every variant (rows of x (N, 4), p (N, P), y (N, 6)) by dt, like `_advance`."""
+    """Advance every variant (rows of x (N, 4), p (N, P), y (N, 6)) by dt, as NumpyLoop does."""
     s = min(max(u[0] / 100.0, 0.0), 1.0)
     vin = min(max(u[1] / 100.0, VALVE_MIN), 1.0)
     vout = min(max(u[2] / 100.0, VALVE_MIN), 1.0)

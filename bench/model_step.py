@@ -4,18 +4,18 @@ Owns the ensemble benchmark. Cases per ensemble size N (one agent tick, dt = 0.1
 shared by all variants):
 
 - `numpy`: the NumPy-vectorised reference in `bench.loop_numpy` (the baseline);
-- `numba-loop`: one compiled call that runs `models.process.loop._advance` over the variants
-  (the kernel the agent runs today, looped; defined here);
 - `numba-scalar`: the same equations hand-tuned for the machine (`bench.loop_scalar`), to show
   what the compiled ensemble can cost at best;
-- `numba-engine`: `models.process.engine.Ensemble.step`, when that module is present.
+- `numba-engine`: `models.process.engine.Ensemble.step` over the built-in Digital Original
+  (`units/water_loop.toml`, the spec the agent runs).
 
 Then a full agent tick at N = 1,000: the ensemble step plus `Calibrator.update` when
-`models.process.calibrate` is present. Variants are drawn uniformly within +-10 % of the
-nominal parameters (clipped to their declared ranges; variant 0 is nominal), the spread an
-online calibration works with; all variants then take the same number of RK4 sub-steps, so
-neither implementation pays for the other's layout. Before timing, every numba kernel's
-outputs are checked against NumPy's.
+`models.process.calibrate` is present. Parameters, ranges and the starting steady state come
+from the spec. Variants are drawn uniformly within +-10 % of the nominal parameters (clipped to
+their declared ranges; variant 0 is nominal), the spread an online calibration works with; all
+variants then take the same number of RK4 sub-steps, so neither implementation pays for the
+other's layout. Before timing, every numba case's outputs are checked against NumPy's (the
+engine picks its own sub-steps, so its difference may include integration error).
 
     uv run python -m bench.model_step [--quick] [--results-dir DIR] [--repeats N]
 """
@@ -28,59 +28,46 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from bench.harness import ROOT, Options, Row, Target, interleaved, parse_args, report
+from bench.harness import Options, Row, Target, interleaved, parse_args, report
 from bench.loop_numpy import NumpyLoop
 from bench.loop_scalar import ensemble_advance_scalar
-from models.process.loop import OUTPUT_NAMES, _advance, _steady_state
-from models.process.params import PARAM_NAMES, LoopParams, load_params
+from edge_agent.config import DEFAULT_SPEC
+from models.process.engine import Ensemble
+from models.process.spec import ModelSpec, load_spec
+from models.process.units.water_loop import OUTPUTS
 
 F64 = npt.NDArray[np.float64]
 NAME = "model_step"
-PROCESS_DIR = ROOT / "models" / "process"
+N_OUT = len(OUTPUTS)
 DT = 0.1  # the agent's default tick (10 Hz)
 SPREAD = 0.1
 STEP_INPUTS = np.array([75.0, 90.0, 80.0, 2.0])  # near the operating point, off steady state
 TICK_N = 1000
 TARGET_SPEEDUP = 2.0
 TARGET_TICK_US = 100.0
-# Residual scales per output (OUTPUT_NAMES order) for the calibrator: the order of the noise
+# Residual scales per output (the spec's output order) for the calibrator: the order of the noise
 # the rig adds, so likelihoods are neither flat nor degenerate.
 SIGMA = np.array([0.5, 0.02, 0.005, 0.1, 0.05, 0.2])
 
 
-@numba.njit(cache=True)
-def ensemble_advance(x: F64, u: F64, p: F64, dt: float, substep: float, y: F64) -> None:  # noqa: PLR0917  # numba kernel: plain positional arrays
-    """Advance every variant (rows of x, p, y) by dt in one compiled call."""
-    for i in range(x.shape[0]):
-        _advance(x[i], u, p[i], dt, substep, y[i])
-
-
-@numba.njit(cache=True)
-def ensemble_steady_state(u: F64, p: F64, level: F64, x: F64) -> None:
-    """Steady state of each variant with inputs u held (rows of p, x)."""
-    for i in range(x.shape[0]):
-        _steady_state(u, p[i], level[i], x[i])
-
-
-def sample_variants(params: LoopParams, n: int, seed: int = 0, spread: float = SPREAD) -> F64:
+def sample_variants(spec: ModelSpec, n: int, seed: int = 0, spread: float = SPREAD) -> F64:
     """(n, P) variants within +-spread of nominal, clipped to the ranges; row 0 is nominal."""
     rng = np.random.default_rng(seed)
-    factors = rng.uniform(1.0 - spread, 1.0 + spread, size=(n, len(PARAM_NAMES)))
-    out: F64 = np.clip(params.values * factors, params.lo, params.hi)
-    out[0] = params.values
+    factors = rng.uniform(1.0 - spread, 1.0 + spread, size=(n, len(spec.params)))
+    out: F64 = np.clip(spec.nominal * factors, spec.lo, spec.hi)
+    out[0] = spec.nominal
     return np.ascontiguousarray(out)
 
 
-def initial_states(variants: F64, inputs: F64) -> F64:
-    """(N, 4) steady states of every variant at `inputs`, at each variant's nominal level."""
-    x = np.empty((variants.shape[0], 4))
-    level = np.ascontiguousarray(variants[:, PARAM_NAMES.index("level_nominal_m")])
-    ensemble_steady_state(inputs, variants, level, x)
-    return x
+def initial_states(spec: ModelSpec, variants: F64, inputs: F64) -> F64:
+    """(N, 4) steady states of every variant at `inputs` (the model's `initial` rule, nothing
+    measured: each variant at its nominal level)."""
+    ens = Ensemble(spec, variants)
+    ens.reset(inputs, np.full(len(spec.outputs), np.nan))
+    return ens.states
 
 
 class KernelCase:
@@ -91,7 +78,7 @@ class KernelCase:
         self.p = variants.copy()
         self.substep = substep
         self.x = x0.copy()
-        self.y = np.empty((variants.shape[0], len(OUTPUT_NAMES)))
+        self.y = np.empty((variants.shape[0], N_OUT))
 
     def step(self, u: F64, dt: float = DT) -> F64:
         self.kernel(self.x, u, self.p, dt, self.substep, self.y)
@@ -104,98 +91,46 @@ class KernelCase:
 
 
 class EngineCase:
-    """`models.process.engine.Ensemble` stepping the same variants (spec parameter order)."""
+    """`models.process.engine.Ensemble` stepping the same variants from the same states."""
 
-    def __init__(self, engine: Any, spec: Any, variants: F64) -> None:
-        self.ens = engine.Ensemble(spec, engine_params(engine, spec, variants))
-        self.ens.reset(STEP_INPUTS.copy(), np.full(len(OUTPUT_NAMES), np.nan))
-        self.cols = engine_columns(spec)
+    def __init__(self, spec: ModelSpec, variants: F64, x0: F64) -> None:
+        self.ens = Ensemble(spec, variants)
+        self.ens.set_states(x0)
 
     def step(self, u: F64, dt: float = DT) -> F64:
-        out: F64 = self.ens.step(u, dt)
-        return out
+        return self.ens.step(u, dt)
 
-    def resampled(self, index: npt.NDArray[np.intp], _params: F64) -> None:
-        """The engine has no public parameter setter: only the states follow the resampling."""
+    def resampled(self, index: npt.NDArray[np.intp], params: F64) -> None:
+        """After a calibrator resampled: copy the chosen variants' states, take new params."""
         self.ens.set_states(self.ens.states[index])
+        self.ens.set_params(params, checked=True)  # as the agent: the calibrator clips to ranges
 
 
-KERNELS: dict[str, Any] = {
-    "numba-loop": ensemble_advance,
-    "numba-scalar": ensemble_advance_scalar,
-}
+def cases_for(spec: ModelSpec, variants: F64, x0: F64) -> dict[str, KernelCase | EngineCase]:
+    """Every numba case over these variants, each starting from the states x0 (N, 4)."""
+    return {
+        "numba-scalar": KernelCase(ensemble_advance_scalar, variants, spec.substep_s, x0),
+        "numba-engine": EngineCase(spec, variants, x0),
+    }
 
 
-def check_agreement(variants: F64, substep: float, x0: F64, steps: int = 20) -> dict[str, float]:
-    """Largest relative output difference of each numba kernel from NumPy over `steps` ticks."""
-    ref = NumpyLoop(variants, substep)
+def check_agreement(spec: ModelSpec, variants: F64, x0: F64, steps: int = 20) -> dict[str, float]:
+    """Largest relative output difference of each numba case from NumPy over `steps` ticks."""
+    ref = NumpyLoop(variants, spec.substep_s)
     xr = np.ascontiguousarray(x0.T)
-    kernels = {name: KernelCase(k, variants, substep, x0) for name, k in KERNELS.items()}
-    worst = dict.fromkeys(kernels, 0.0)
+    cases = cases_for(spec, variants, x0)
+    worst = dict.fromkeys(cases, 0.0)
     for k in range(steps):
         u = STEP_INPUTS + np.array([5.0, -10.0, 0.0, 0.5]) * np.sin(0.3 * k)
         yr = ref.advance(xr, u, DT).T
-        for name, case in kernels.items():
+        for name, case in cases.items():
             yk = case.step(u)
             diff = float(np.max(np.abs(yr - yk) / np.maximum(np.abs(yr), 1e-9)))
             worst[name] = max(worst[name], diff)
     return worst
 
 
-def load_engine() -> tuple[Any, Any] | str:
-    """(engine module, ModelSpec of the water loop) or the reason the engine is skipped."""
-    try:
-        engine = importlib.import_module("models.process.engine")
-        spec_mod = importlib.import_module("models.process.spec")
-    except ImportError as exc:
-        return f"models.process.engine not importable ({exc}): no numba-engine rows"
-    toml = PROCESS_DIR / "units" / "water_loop.toml"
-    try:
-        spec = spec_mod.load_spec(toml)
-    except Exception as exc:  # any failure of a module under construction: report, go on
-        return f"engine present but load_spec({toml.name}) failed: {type(exc).__name__}: {exc}"
-    return engine, spec
-
-
-def engine_columns(spec: Any) -> list[int] | None:
-    """Columns of `PARAM_NAMES` in the spec's parameter order, when every name matches."""
-    names = getattr(spec, "params", None)
-    if isinstance(names, tuple) and names and all(n in PARAM_NAMES for n in names):
-        return [PARAM_NAMES.index(n) for n in names]
-    return None
-
-
-def engine_params(engine: Any, spec: Any, variants: F64) -> F64:
-    """The same variants in the spec's parameter order (by name), else the engine's own draw."""
-    cols = engine_columns(spec)
-    if cols is not None:
-        return np.ascontiguousarray(variants[:, cols])
-    drawn: F64 = np.asarray(
-        engine.sample_params(spec, variants.shape[0], seed=0, spread=SPREAD), dtype=np.float64
-    )
-    return drawn
-
-
-def engine_case(loaded: tuple[Any, Any] | str, variants: F64, notes: list[str]) -> Any:
-    """An `EngineCase` of these variants, or None (with the reason added to `notes`)."""
-    if isinstance(loaded, str):
-        return None
-    engine, spec = loaded
-    try:
-        case = EngineCase(engine, spec, variants)
-        out = np.asarray(case.step(STEP_INPUTS.copy()))
-    except Exception as exc:  # a module under construction: report, go on
-        notes.append(f"engine present but Ensemble failed: {type(exc).__name__}: {exc}")
-        return None
-    if out.shape != (variants.shape[0], len(OUTPUT_NAMES)):
-        notes.append(f"engine step returned shape {out.shape}: no numba-engine rows")
-        return None
-    if case.cols is None:
-        notes.append("engine parameter names differ from loop.toml: engine draws its own variants")
-    return case
-
-
-def calibrator(params: LoopParams, variants: F64, predictions: F64, notes: list[str]) -> Any:
+def calibrator(spec: ModelSpec, variants: F64, predictions: F64, notes: list[str]) -> Any:
     """A `Calibrator` over these variants fed one measurement, or None (reason in `notes`)."""
     try:
         calibrate = importlib.import_module("models.process.calibrate")
@@ -204,7 +139,7 @@ def calibrator(params: LoopParams, variants: F64, predictions: F64, notes: list[
         return None
     try:
         cal = calibrate.Calibrator(
-            list(PARAM_NAMES), variants.copy(), SIGMA, lo=params.lo, hi=params.hi, seed=0
+            list(spec.params), variants.copy(), SIGMA, lo=spec.lo, hi=spec.hi, seed=0
         )
         cal.update(predictions, predictions[0], np.ones(len(SIGMA), dtype=bool), DT)
     except Exception as exc:  # a module under construction: report, go on
@@ -228,21 +163,18 @@ def tick_fn(case: Any, cal: Any, u: F64, measured: F64) -> Callable[[], object]:
 
 
 def run(opts: Options) -> Path:
-    params = load_params()
+    spec = load_spec(DEFAULT_SPEC)
     sizes: Sequence[int] = (1, 1000) if opts.quick else (1, 100, 1000, 10000)
     rows: list[Row] = []
     notes: list[str] = []
-    loaded = load_engine()
-    if isinstance(loaded, str):
-        notes.append(loaded)
-    agreement = dict.fromkeys(KERNELS, 0.0)
+    agreement: dict[str, float] = {}
     substeps: dict[int, tuple[float, float]] = {}
     for n in sizes:
-        variants = sample_variants(params, n)
-        x0 = initial_states(variants, STEP_INPUTS)
-        for name, diff in check_agreement(variants, params.substep_s, x0).items():
-            agreement[name] = max(agreement[name], diff)
-        ref = NumpyLoop(variants, params.substep_s)
+        variants = sample_variants(spec, n)
+        x0 = initial_states(spec, variants, STEP_INPUTS)
+        for name, diff in check_agreement(spec, variants, x0).items():
+            agreement[name] = max(agreement.get(name, 0.0), diff)
+        ref = NumpyLoop(variants, spec.substep_s)
         xr = np.ascontiguousarray(x0.T)
         counts = ref.substeps(xr, STEP_INPUTS, DT)
         substeps[n] = (float(counts.mean()), float(counts.max()))
@@ -250,11 +182,8 @@ def run(opts: Options) -> Path:
         cases: dict[str, tuple[Callable[[], object], float]] = {
             "numpy": (partial(ref.advance, xr, u, DT), n)
         }
-        for name, kernel in KERNELS.items():
-            cases[name] = (partial(KernelCase(kernel, variants, params.substep_s, x0).step, u), n)
-        eng = engine_case(loaded, variants, notes)
-        if eng is not None:
-            cases["numba-engine"] = (partial(eng.step, u), n)
+        for name, case in cases_for(spec, variants, x0).items():
+            cases[name] = (partial(case.step, u), n)
         times = interleaved(cases, opts.repeats, opts.run_s)
         rows += [
             Row(
@@ -268,7 +197,7 @@ def run(opts: Options) -> Path:
             for name, samples in times.items()
         ]
 
-    rows += tick_benchmark(params, opts, loaded, notes)
+    rows += tick_benchmark(spec, opts, notes)
     notes += [
         f"{name} outputs agree with numpy to {diff:.1e} (max relative difference)"
         for name, diff in agreement.items()
@@ -278,9 +207,9 @@ def run(opts: Options) -> Path:
         + ", ".join(f"N={n}: mean {m:.2f}, max {x:.0f}" for n, (m, x) in substeps.items())
     )
     notes.append(
-        "numba-loop: LoopModel's _advance looped over variants (today's kernel); numba-scalar: "
-        "the same equations hand-tuned in bench.loop_scalar (states in locals, no scratch "
-        "arrays, hoisted terms); numba-engine: models.process.engine.Ensemble.step"
+        "numba-scalar: the water loop's equations hand-tuned in bench.loop_scalar (states in "
+        "locals, no scratch arrays, hoisted terms); numba-engine: models.process.engine."
+        f"Ensemble.step over {DEFAULT_SPEC.name} ({spec.integrator}, the agent's model)"
     )
     return report(
         NAME,
@@ -292,30 +221,23 @@ def run(opts: Options) -> Path:
     )
 
 
-def tick_benchmark(
-    params: LoopParams, opts: Options, loaded: tuple[Any, Any] | str, notes: list[str]
-) -> list[Row]:
+def tick_benchmark(spec: ModelSpec, opts: Options, notes: list[str]) -> list[Row]:
     """A full tick at N = TICK_N: ensemble step (+ Calibrator.update when present), in us."""
     n = TICK_N
-    variants = sample_variants(params, n)
-    x0 = initial_states(variants, STEP_INPUTS)
-    ref = NumpyLoop(variants, params.substep_s)
+    variants = sample_variants(spec, n)
+    x0 = initial_states(spec, variants, STEP_INPUTS)
+    ref = NumpyLoop(variants, spec.substep_s)
     xr = np.ascontiguousarray(x0.T)
     u = STEP_INPUTS.copy()
-    steppers: dict[str, Any] = {
-        name: KernelCase(kernel, variants, params.substep_s, x0) for name, kernel in KERNELS.items()
-    }
-    eng = engine_case(loaded, variants, notes)
-    if eng is not None:
-        steppers["numba-engine"] = eng
+    steppers = cases_for(spec, variants, x0)
     cases: dict[str, tuple[Callable[[], object], float]] = {
         "numpy step": (partial(ref.advance, xr, u, DT), 1)
     }
     # The plant is variant 0 (nominal) plus a small offset, so weights move but stay finite.
-    measured = np.asarray(steppers["numba-loop"].step(u)[0] + 0.5 * SIGMA, dtype=np.float64)
+    measured = np.asarray(steppers["numba-engine"].step(u)[0] + 0.5 * SIGMA, dtype=np.float64)
     for name, case in steppers.items():
         cases[f"{name} step"] = (partial(case.step, u), 1)
-        cal = calibrator(params, variants, np.asarray(case.step(u)), notes)
+        cal = calibrator(spec, variants, np.asarray(case.step(u)), notes)
         if cal is not None:
             cases[f"{name} step + calibrate"] = (tick_fn(case, cal, u, measured), 1)
     times = interleaved(cases, opts.repeats, opts.run_s)
@@ -337,7 +259,7 @@ def targets_from(rows: Sequence[Row]) -> list[Target]:
     targets = []
     base = by.get((f"N={TICK_N}", "numpy"))
     tick = f"tick N={TICK_N}"
-    for case in ("numba-engine", "numba-loop", "numba-scalar"):
+    for case in ("numba-engine", "numba-scalar"):
         med = by.get((f"N={TICK_N}", case))
         if base is None or med is None:
             continue

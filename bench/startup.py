@@ -1,8 +1,9 @@
 """Benchmark: process start to first prediction, with a cold and a warm numba cache.
 
 Owns the start-up benchmark. Each run spawns a fresh interpreter (`bench.startup_child`) that
-imports what the agent imports, loads `LoopModel` and steps it once, loads the shipped
-`OnnxDetector` and scores one window, then reports. The time is taken from just before the
+imports what the agent imports, loads the built-in Digital Original (`DEFAULT_SPEC`, the
+authored water loop) as `SpecModel` and steps it once, loads the shipped `OnnxDetector` and
+scores one window, then reports. The time is taken from just before the
 spawn to the first prediction (both on the machine's monotonic clock), so interpreter start
 and every import count.
 
@@ -14,15 +15,13 @@ no bytecode and using only the .pyc files the installation already has (a servic
 without write access to the environment; `uv sync --compile-bytecode` decides what exists).
 Bytecode otherwise goes to a temporary PYTHONPYCACHEPREFIX, filled by a first uncounted run,
 so cold and warm differ only in numba's cache. The bare interpreter (`python` importing
-nothing) is measured in the same run for scale. When `models.process.engine` exists, the same
-is measured for the authored water loop through `SpecModel` (full runs only).
+nothing) is measured in the same run for scale.
 
     uv run python -m bench.startup [--quick] [--results-dir DIR] [--repeats N]
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
@@ -130,23 +129,12 @@ def run(opts: Options) -> Path:
     notes: list[str] = []
     bare = [spawn("bare", None, None, inherit=opts.quick)[0] for _ in range(repeats)]
     rows.append(Row("interpreter", "python, no imports", "s", bare))
-    modes = ["loop"]
-    if not opts.quick:
-        if importlib.util.find_spec("models.process.engine") is not None:
-            modes.append("engine")
-        else:
-            notes.append("models.process.engine absent: SpecModel start-up not measured")
+    modes = ["engine"]
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="bench-numba-") as tmp:
         for mode in modes:
-            try:
-                result = measure(mode, repeats, Path(tmp), opts.quick)
-            except ChildError as exc:
-                if mode == "loop":
-                    raise
-                notes.append(str(exc))
-                continue
-            group = {"loop": "LoopModel + OnnxDetector", "engine": "SpecModel + OnnxDetector"}[mode]
+            result = measure(mode, repeats, Path(tmp), opts.quick)
+            group = {"engine": "SpecModel + OnnxDetector"}[mode]
             for kind, samples in result["samples"].items():
                 base = "cold" if "cold" in result["samples"] and kind != "cold" else None
                 rows.append(Row(group, kind, "s", samples, base))

@@ -3,14 +3,13 @@
 Owns nothing else. Only the standard library is imported before the clock starts, so the
 phases below include every import the agent pays for. It prints one JSON line: the monotonic
 time at the first prediction (comparable with the parent's clock on the same machine) and the
-duration of each phase. Modes: `loop` (LoopModel + OnnxDetector, what the agent runs),
-`engine` (the authored water loop through `models.process.engine.SpecModel` + OnnxDetector,
-when that module exists), `bare` (the interpreter alone).
+duration of each phase. Modes: `engine` (the built-in Digital Original, `DEFAULT_SPEC`, through
+`models.process.engine.SpecModel` + OnnxDetector: what the agent runs), `bare` (the
+interpreter alone).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 T0 = time.perf_counter()
 DETECTOR_PATH = Path(__file__).resolve().parents[1] / "models" / "anomaly" / "loop_detector.onnx"
+MODES = ("engine", "bare")
 
 
 def _phase(phases: dict[str, float], name: str, t: float) -> float:
@@ -31,28 +31,22 @@ def main(mode: str) -> int:
     if mode == "bare":
         print(json.dumps({"ready_monotonic": time.monotonic(), "phases": phases}), flush=True)
         return 0
+    if mode not in MODES:
+        print(json.dumps({"error": f"unknown mode {mode!r}, expected one of {MODES}"}), flush=True)
+        return 2
     t = T0
     import numpy as np  # noqa: PLC0415  # the imports are what is being timed
 
+    from edge_agent.config import DEFAULT_SPEC  # noqa: PLC0415
     from models.anomaly.detector import OnnxDetector  # noqa: PLC0415
-    from models.process.loop import NOMINAL_INPUTS, LoopModel  # noqa: PLC0415
+    from models.process.engine import SpecModel  # noqa: PLC0415
+    from models.process.spec import load_spec  # noqa: PLC0415
 
     t = _phase(phases, "imports", t)
-    if mode == "engine":
-        try:
-            engine = importlib.import_module("models.process.engine")
-            spec = importlib.import_module("models.process.spec")
-        except ImportError as exc:
-            print(json.dumps({"error": f"engine not importable: {exc}"}), flush=True)
-            return 3
-        toml = DETECTOR_PATH.parents[1] / "process" / "units" / "water_loop.toml"
-        model = engine.SpecModel(spec.load_spec(toml))
-        t = _phase(phases, "model_load", t)
-        inputs = np.asarray(NOMINAL_INPUTS, dtype=np.float64)
-    else:
-        model = LoopModel.load()
-        t = _phase(phases, "model_load", t)
-        inputs = NOMINAL_INPUTS.copy()
+    spec = load_spec(DEFAULT_SPEC)
+    model = SpecModel(spec)
+    t = _phase(phases, "model_load", t)
+    inputs = spec.nominal_inputs.copy()
     model.step(inputs, 0.1)
     t = _phase(phases, "first_step", t)
     detector = OnnxDetector.load(DETECTOR_PATH)
@@ -64,4 +58,4 @@ def main(mode: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "loop"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "engine"))

@@ -34,7 +34,7 @@ from edge_agent.alarms import AlarmTracker
 from edge_agent.compare import Comparator, CompareResult
 from edge_agent.config import (
     DEFAULT_DETECTOR,
-    DEFAULT_PARAMS,
+    DEFAULT_SPEC,
     Config,
     ConfigError,
     ModbusDriverConfig,
@@ -50,7 +50,6 @@ from edge_agent.report import Reporter
 from models.anomaly.detector import OnnxDetector
 from models.base import ProcessModel
 from models.process.engine import SpecModel
-from models.process.loop import LoopModel
 from models.process.spec import ModelSpec, load_spec
 
 log = structlog.get_logger(__name__)
@@ -84,6 +83,21 @@ def build_driver(d: OpcUaDriverConfig | ModbusDriverConfig) -> Driver:
         max_gap=d.max_gap,
         max_registers=d.max_registers,
     )
+
+
+def build_model(cfg: Config, cfg_path: Path) -> tuple[ProcessModel, ModelSpec | None]:
+    """The configured Digital Original, and its authored spec when it has one."""
+    m = cfg.model
+    if m.kind == "fmu":
+        # fmpy is optional (the extra "fmu"): import it only for an FMU model.
+        from models.process.fmu import FmuModel  # noqa: PLC0415
+
+        fmu = FmuModel.load(
+            resolve(cfg_path, m.fmu) or Path(), inputs=list(m.inputs), outputs=list(m.outputs)
+        )
+        return fmu, None
+    spec = load_spec(DEFAULT_SPEC if m.kind == "loop" else resolve(cfg_path, m.spec) or Path())
+    return SpecModel(spec), spec
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 5) -> None:
@@ -208,18 +222,8 @@ class Agent:
         self.last: CompareResult | None = None
 
     def _build_model(self) -> ProcessModel:
-        m, path = self.cfg.model, self.cfg_path
-        if m.kind == "spec":
-            self.spec = load_spec(resolve(path, m.spec) or Path())
-            return SpecModel(self.spec)
-        if m.kind == "fmu":
-            # fmpy is optional (the extra "fmu"): import it only for an FMU model.
-            from models.process.fmu import FmuModel  # noqa: PLC0415
-
-            return FmuModel.load(
-                resolve(path, m.fmu) or Path(), inputs=list(m.inputs), outputs=list(m.outputs)
-            )
-        return LoopModel.load(resolve(path, m.params) or DEFAULT_PARAMS)
+        model, self.spec = build_model(self.cfg, self.cfg_path)
+        return model
 
     def _build_learner(self) -> Learner | None:
         ens = self.cfg.model.ensemble

@@ -20,6 +20,9 @@ EXIT_CONFIG = 2
 def _set_cache_dir(state_dir: Path) -> None:
     # numba reads NUMBA_CACHE_DIR when it is first imported, so this must run before that.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(state_dir / "numba-cache"))
+    # Authored models are compiled from a generated module; keep it in the state directory too
+    # (the install may be read-only under systemd).
+    os.environ.setdefault("EDGE_AGENT_MODEL_CACHE", str(state_dir / "models"))
 
 
 def _load_or_exit(path: str) -> tuple[object, Path]:
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the ONNX detector from normal operation")
     t.add_argument("--out", default=None, help="ONNX file to write (default: the shipped one)")
-    t.add_argument("--minutes", type=float, default=120.0, help="minutes of simulated rig")
+    t.add_argument("--minutes", type=float, default=480.0, help="minutes of simulated rig")
     t.add_argument("--data", default=None, help="CSV recording of normal operation instead")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--window", type=int, default=50, help="window length in ticks")

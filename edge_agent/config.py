@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import models
 
-# Defaults for `model.params` and `detector.path`: the files shipped with the package.
-DEFAULT_PARAMS = Path(models.__file__).parent / "process" / "loop.toml"
+# The built-in Digital Original (`model.kind = "loop"`) and the default `detector.path`: the files
+# shipped with the package.
+DEFAULT_SPEC = Path(models.__file__).parent / "process" / "units" / "water_loop.toml"
 DEFAULT_DETECTOR = Path(models.__file__).parent / "anomaly" / "loop_detector.onnx"
 
 REG_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
@@ -141,7 +142,6 @@ class EnsembleSection(_Strict):
 
 class ModelSection(_Strict):
     kind: Literal["loop", "spec", "fmu"] = "loop"
-    params: str | None = None
     spec: str | None = Field(default=None, description="model TOML (kind = 'spec')")
     fmu: str | None = Field(default=None, description="FMI 2.0 co-simulation FMU (kind = 'fmu')")
     inputs: dict[str, str]
@@ -242,15 +242,14 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("model.spec: required with kind = 'spec' (the model's TOML file)")
     if m.kind == "fmu" and m.fmu is None:
         problems.append("model.fmu: required with kind = 'fmu' (the .fmu file)")
-    if m.ensemble is not None and m.kind != "spec":
+    if m.ensemble is not None and m.kind == "fmu":
         problems.append(
-            "model.ensemble: needs an authored model: kind = 'spec' with e.g. "
-            "spec = 'models/process/units/water_loop.toml'"
+            "model.ensemble: needs an authored model (kind = 'loop' or 'spec'); an FMU cannot "
+            "be stepped as an ensemble"
         )
-    if m.kind != "loop" and m.params is not None:
+    if m.kind != "spec" and m.spec is not None:
         problems.append(
-            "model.params: only for kind = 'loop'; an authored model keeps its "
-            "parameters in its own TOML"
+            f"model.spec: only for kind = 'spec'; kind = 'loop' is the built-in {DEFAULT_SPEC.stem}"
         )
     hb_ticks = cfg.agent.heartbeat_s * cfg.agent.tick_hz
     if hb_ticks < 1:

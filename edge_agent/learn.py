@@ -78,7 +78,7 @@ class Learner:
         cal.update(predictions, np.where(valid, info.measured, 0.0), valid, info.dt)
         if cal.resampled is not None:
             states = ens.states[cal.resampled]
-            ens.set_params(cal.params)
+            ens.set_params(cal.params, checked=True)  # the calibrator clips to the ranges
             ens.set_states(states)
         self.updates += 1
         report = self.monitor.observe(info.now, cal)

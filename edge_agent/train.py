@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from edge_agent.agent import build_model
 from edge_agent.compare import residual_series
-from edge_agent.config import DEFAULT_PARAMS, Config, load_config, resolve
+from edge_agent.config import Config, load_config
 from hil.plant import simulate
 from models.anomaly.train import train_detector
 from models.base import F64
-from models.process.loop import LoopModel
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ def residuals_from(
     cfg: Config, cfg_path: Path, ts: F64, cols: dict[str, F64]
 ) -> tuple[F64, tuple[str, ...]]:
     """Residuals of the configured model over a recording, and the model's output names."""
-    model = LoopModel.load(resolve(cfg_path, cfg.model.params) or DEFAULT_PARAMS)
+    model, _ = build_model(cfg, cfg_path)
     missing = [
         t for t in [*cfg.model.inputs.values(), *cfg.model.outputs.values()] if t not in cols
     ]

@@ -6,10 +6,10 @@ and the fault state (`hil.faults`); it knows nothing about the PLC servers (`hil
 
 Equipment: tank -> inlet valve -> centrifugal pump on a VFD -> flow meter -> heater -> outlet
 valve -> tank, losing heat to ambient. The equations are those of the Digital Original
-(`models.process.loop`, see its docstring), written again here from first principles so that
-the two stay independent; the plant adds what a design model does not know:
+(`models/process/units/water_loop.py`, see its docstring), written again here from first
+principles so that the two stay independent; the plant adds what a design model does not know:
 
-- parameters a few percent off the design values (`PlantParams` defaults vs `loop.toml`);
+- parameters a few percent off the design values (`PlantParams` defaults vs `water_loop.toml`);
 - actuator dynamics: VFD speed ramp, valve travel rate, heater element lag;
 - sensors: first-order lags (flow meter 0.3 s, thermocouple 2 s, pressure 0.1 s) and white
   noise; the drive's values are quantised exactly as its Modbus registers encode them;
@@ -46,7 +46,8 @@ _NOISE_BLOCK = 4096
 
 @dataclass(frozen=True, slots=True)
 class PlantParams:
-    """The true plant. Physics fields mean what `loop.toml`'s keys mean, a few % off them."""
+    """The true plant. Physics fields mean what `water_loop.toml`'s parameters mean, a few %
+    off them."""
 
     head_shutoff_m: float = 32.8
     pump_head_coeff_m_per_lpm2: float = 0.00205

@@ -14,7 +14,6 @@ from scipy.integrate import solve_ivp
 
 from edge_agent.compare import residual_series
 from models.base import F64, ModelError, ProcessModel
-from models.process import LoopModel
 from models.process.engine import Ensemble, SpecModel, sample_params
 from models.process.spec import ModelSpec, load_spec, python_functions
 from models.process.units import UNITS_DIR
@@ -34,30 +33,6 @@ def _hx_inputs(rng: np.random.Generator) -> F64:
     return np.array(
         [rng.uniform(60, 90), rng.uniform(5, 25), rng.uniform(5, 40), rng.uniform(5, 40)]
     )
-
-
-def test_water_loop_matches_loop_model() -> None:
-    """The loop authored through the API tracks LoopModel within 1e-9: reset, step, observe."""
-    ref = LoopModel.load()
-    new = SpecModel(LOOP)
-    rng = np.random.default_rng(7)
-    u0 = _loop_inputs(rng)
-    y0 = np.array([np.nan, np.nan, 0.7, 35.0, np.nan, np.nan])
-    ref.reset(u0, y0)
-    new.reset(u0, y0)
-    assert np.allclose(new.state, ref.state, rtol=0, atol=1e-12)
-    worst = 0.0
-    u = u0
-    for k in range(300):
-        u = _loop_inputs(rng) if k % 20 == 0 else u
-        dt = float(rng.uniform(0.05, 1.5))
-        a, b = ref.step(u, dt), new.step(u, dt)
-        worst = max(worst, float(np.max(np.abs(a - b) / (1.0 + np.abs(a)))))
-        meas = a + rng.normal(0, 0.1, size=a.shape)
-        ref.observe(meas, dt)
-        new.observe(meas, dt)
-    assert worst < 1e-9
-    assert np.allclose(new.state, ref.state, rtol=1e-9, atol=1e-9)
 
 
 def _reference(spec: ModelSpec, x0: F64, us: list[F64], dt: float) -> F64:

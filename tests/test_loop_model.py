@@ -1,23 +1,38 @@
-"""The Digital Original: equations vs an independent reference, stability, reset, param files."""
+"""The built-in Digital Original (the water loop authored through the engine): its equations vs
+an independent reference, stability, reset, and how well it tracks the rig's plant."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.config import DEFAULT_SPEC
 from hil.plant import PlantParams, simulate
 from hil.tags import BY_NAME
 from models.base import ModelError
-from models.process import INPUT_NAMES, OUTPUT_NAMES, LoopModel
-from models.process.params import DEFAULT_PATH, PARAM_NAMES
+from models.process.engine import SpecModel
+from models.process.spec import load_spec
 
-MODEL = LoopModel.load()
+SPEC = load_spec(DEFAULT_SPEC)
+INPUT_NAMES, OUTPUT_NAMES, PARAM_NAMES = SPEC.inputs, SPEC.outputs, SPEC.params
+PARAMS = {n: float(SPEC.nominal[SPEC.index(n)]) for n in PARAM_NAMES}
+MODEL = SpecModel(SPEC)
+
+
+def new_model() -> SpecModel:
+    return SpecModel(SPEC)
+
+
+def steady(u: np.ndarray, level: float = math.nan) -> np.ndarray:
+    """The outputs the model settles to with `u` held (the engine's re-synchronisation)."""
+    m = new_model()
+    m.reset(u, np.array([np.nan, np.nan, level, np.nan, np.nan, np.nan]))
+    return m.step(u, 0.0)
 
 
 def _reference_rates(x: list[float], u: list[float], p: dict[str, float]) -> list[float]:
@@ -55,10 +70,10 @@ def test_model_names_are_rig_tags() -> None:
 
 def test_matches_fine_euler_reference() -> None:
     """Over a speed-and-heater step, the RK4 model agrees with tiny-dt Euler on the equations."""
-    p = {n: MODEL.params[n] for n in PARAM_NAMES}
+    p = PARAMS
     u0 = np.array([70.0, 100.0, 80.0, 1.6])
     u1 = [90.0, 90.0, 60.0, 4.0]
-    model = LoopModel.load()
+    model = new_model()
     model.reset(u0, np.full(6, np.nan))
     x = list(model.state)
     h = 2e-4
@@ -67,7 +82,7 @@ def test_matches_fine_euler_reference() -> None:
         x = [xi + h * ri for xi, ri in zip(x, rates, strict=True)]
     for _ in range(3):
         y = model.step(np.array(u1), 1.0)
-    assert x[0] != pytest.approx(model.steady_state(u0)[0], abs=1.0)  # it really moved
+    assert x[0] != pytest.approx(steady(u0)[0], abs=1.0)  # it really moved
     assert y[0] == pytest.approx(x[0], rel=1e-3)
     assert y[3] == pytest.approx(x[2], abs=1e-4)
     assert y[5] == pytest.approx(x[3], abs=1e-4)
@@ -76,15 +91,15 @@ def test_matches_fine_euler_reference() -> None:
 def test_steady_state_is_analytic_and_a_fixed_point() -> None:
     """The steady state solves H = H_sys in closed form, and stepping leaves it unchanged."""
     u = np.array([80.0, 90.0, 70.0, 2.0])
-    p = MODEL.params
+    p = PARAMS
     k_tot = (
         p["pump_head_coeff_m_per_lpm2"]
         + p["pipe_coeff_m_per_lpm2"]
         + p["valve_coeff_m_per_lpm2"] * (1 / 0.9**2 + 1 / 0.7**2)
     )
-    ss = MODEL.steady_state(u)
-    assert ss[0] == pytest.approx(math.sqrt(p["head_shutoff_m"] * 0.64 / k_tot), rel=1e-12)
-    model = LoopModel.load()
+    ss = steady(u)
+    assert ss[0] == pytest.approx(math.sqrt(p["head_shutoff_m"] * 0.64 / k_tot), rel=1e-9)
+    model = new_model()
     model.reset(u, np.full(6, np.nan))
     for _ in range(100):
         y = model.step(u, 3.0)
@@ -94,7 +109,7 @@ def test_steady_state_is_analytic_and_a_fixed_point() -> None:
 def test_large_steps_agree_with_small_steps() -> None:
     """A 4 s step through a nearly closed valve matches eighty 0.05 s steps (no instability)."""
     u = np.array([100.0, 100.0, 6.0, 5.0])
-    big, small = LoopModel.load(), LoopModel.load()
+    big, small = new_model(), new_model()
     for m in (big, small):
         m.reset(np.array([70.0, 100.0, 80.0, 1.6]), np.full(6, np.nan))
     y_big = big.step(u, 4.0)
@@ -113,21 +128,22 @@ def test_finite_inputs_never_give_nan(u: list[float], dt: float, start: list[flo
     """Any finite inputs, state and step size give finite outputs."""
     u[3] = min(max(u[3], 0.0), 5.0)  # heater power within its tag range
     start[2] = abs(start[2]) / 50.0  # a level, 0..2.4 m
-    model = LoopModel.load()
+    model = new_model()
     model.reset(np.array(u), np.array(start))
     for _ in range(3):
         assert np.all(np.isfinite(model.step(np.array(u), dt)))
 
 
 def test_reset_takes_measured_states_and_fills_nan_from_steady_state() -> None:
-    """Measured flow, level and temperatures set the state; NaN ones take the steady state."""
+    """Measured flow, level and fluid temperature set the state; a NaN motor temperature takes
+    the steady state; all-NaN gives the steady state of the inputs."""
     u = np.array([70.0, 100.0, 80.0, 1.6])
-    model = LoopModel.load()
+    model = new_model()
     model.reset(u, np.array([30.0, np.nan, 0.75, 45.0, np.nan, np.nan]))
-    ss = model.steady_state(u, level=0.75)
-    np.testing.assert_allclose(model.state, [30.0, 0.75, 45.0, ss[5]])
+    np.testing.assert_allclose(model.state[:3], [30.0, 0.75, 45.0])
+    assert PARAMS["ambient_temp_c"] < model.state[3] < 120.0
     model.reset(u, np.full(6, np.nan))
-    np.testing.assert_allclose(model.state[[0, 2, 3]], model.steady_state(u)[[0, 3, 5]])
+    np.testing.assert_allclose(model.state[[0, 2, 3]], steady(u)[[0, 3, 5]], rtol=1e-9)
 
 
 def test_wrong_shapes_are_model_errors() -> None:
@@ -136,63 +152,10 @@ def test_wrong_shapes_are_model_errors() -> None:
         MODEL.step(np.zeros(3), 0.1)
 
 
-def _write_variant(tmp_path: Path, old: str, new: str) -> Path:
-    text = DEFAULT_PATH.read_text()
-    assert old in text
-    path = tmp_path / "loop.toml"
-    path.write_text(text.replace(old, new, 1))
-    return path
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "key"),
-    [
-        ("head_shutoff_m = {", "head_shutoff_metres = {", "params.head_shutoff_metres"),
-        (
-            "head_shutoff_m = { nominal = 32.0",
-            "head_shutoff_m = { nominal = 99.0",
-            "head_shutoff_m",
-        ),
-        ("power_factor = { nominal = 0.8", 'power_factor = { nominal = "0.8"', "power_factor"),
-        ("tank_area_m2 = { nominal = 0.05", "tank_area_m2 = { nominal = true", "tank_area_m2"),
-        ("substep_s = 0.05", "substep_s = 5.0", "model.substep_s"),
-        ("range = [0.3, 1.0]", "range = [1.0, 0.3]", "power_factor.range"),
-    ],
-)
-def test_bad_parameter_files_name_file_and_key(
-    tmp_path: Path, old: str, new: str, key: str
-) -> None:
-    """Unknown keys, out-of-range values, wrong types and bad settings name the file and key."""
-    path = _write_variant(tmp_path, old, new)
-    with pytest.raises(ModelError) as info:
-        LoopModel.load(path)
-    assert str(path) in str(info.value) and key in str(info.value)
-
-
-def test_missing_parameter_is_named(tmp_path: Path) -> None:
-    """A parameter left out of the file is reported as missing, by name."""
-    text = DEFAULT_PATH.read_text()
-    lines = [ln for ln in text.splitlines() if not ln.startswith("iron_loss_w")]
-    path = tmp_path / "loop.toml"
-    path.write_text("\n".join(lines))
-    with pytest.raises(ModelError, match=r"params\.iron_loss_w: missing"):
-        LoopModel.load(path)
-
-
-def test_unreadable_file_is_a_model_error(tmp_path: Path) -> None:
-    """A missing or non-TOML file is a ModelError naming the file."""
-    with pytest.raises(ModelError, match="cannot read"):
-        LoopModel.load(tmp_path / "absent.toml")
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[params\n")
-    with pytest.raises(ModelError, match="not valid TOML"):
-        LoopModel.load(bad)
-
-
 def test_true_plant_is_a_few_percent_off_the_design() -> None:
     """The plant's physics differ from the nominal parameters, but by at most 5 %."""
     true = dataclasses.asdict(PlantParams())
-    offsets = [abs(true[n] / MODEL.params[n] - 1.0) for n in PARAM_NAMES]
+    offsets = [abs(true[n] / PARAMS[n] - 1.0) for n in PARAM_NAMES]
     assert max(offsets) <= 0.05 + 1e-9
     assert sum(o > 0.005 for o in offsets) >= 8
 
@@ -202,7 +165,7 @@ def test_model_tracks_the_plant_in_normal_operation() -> None:
     ts, data = simulate(900.0, seed=3)
     u = np.stack([data[n] for n in INPUT_NAMES], axis=1)
     y = np.stack([data[n] for n in OUTPUT_NAMES], axis=1)
-    model = LoopModel.load()
+    model = new_model()
     model.reset(u[0], y[0])
     pred = np.empty_like(y)
     pred[0] = y[0]

@@ -96,7 +96,7 @@ def test_heat_exchanger_with_an_ensemble_runs_in_the_agent(tmp_path: Path) -> No
     [
         ({"kind": "fmu"}, "model.fmu: required"),
         ({"kind": "spec"}, "model.spec: required"),
-        ({"kind": "loop", "ensemble": {"variants": 10}}, "model.ensemble: needs an authored"),
+        ({"kind": "fmu", "fmu": "x.fmu", "ensemble": {}}, "model.ensemble: needs an authored"),
     ],
 )
 def test_model_kind_problems_are_named(tmp_path: Path, model: dict[str, Any], expected: str

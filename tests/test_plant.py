@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 
 from drivers.modbus import codec
+from edge_agent.config import DEFAULT_SPEC
 from hil.control import Pid
 from hil.faults import EXPECTED_TAGS, FAULT_KINDS, expected_tags, parse_fault
 from hil.plant import Plant, simulate
 from hil.scenario import FLOW_SETPOINTS, TEMP_RANGE, Scenario
 from hil.tags import BY_NAME, TAGS, tags_of
-from models.process import INPUT_NAMES, OUTPUT_NAMES, LoopModel
+from models.process.engine import SpecModel
+from models.process.spec import load_spec
+
+SPEC = load_spec(DEFAULT_SPEC)
+INPUT_NAMES, OUTPUT_NAMES = SPEC.inputs, SPEC.outputs
 
 # Residual change that counts as "disturbed" per model output (a few noise sigmas).
 DISTURBED = {
@@ -135,7 +140,7 @@ def _residuals(faults: list[str], seed: int = 5) -> tuple[np.ndarray, np.ndarray
     ts, data = simulate(300.0, seed=seed, faults=faults)
     u = np.stack([data[n] for n in INPUT_NAMES], axis=1)
     y = np.stack([data[n] for n in OUTPUT_NAMES], axis=1)
-    model = LoopModel.load()
+    model = SpecModel(SPEC)
     model.reset(u[0], y[0])
     pred = np.empty_like(y)
     pred[0] = y[0]

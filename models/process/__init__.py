@@ -1,10 +1,6 @@
-"""The Digital Original of the water-circulation loop: `LoopModel` (numba) and its parameters.
+"""The Digital Original: models authored as plain Python + TOML (`spec`), run by the compiled
+ensemble engine (`engine`), calibrated online (`calibrate`), or an FMU (`fmu`).
 
-`loop.py` owns the equations and integration, `params.py` the parameter file format,
-`loop.toml` the nominal design values.
+`units/` holds the authored unit models; `units/water_loop` is the built-in model of the rig's
+water-circulation loop (`model.kind = "loop"`).
 """
-
-from models.process.loop import INPUT_NAMES, OUTPUT_NAMES, LoopModel
-from models.process.params import LoopParams, load_params
-
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "LoopModel", "LoopParams", "load_params"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import structlog
+from numba.core.errors import NumbaError
 
 from models.base import F64, ModelError
 from models.process.spec import ModelSpec, load_spec
@@ -43,17 +44,32 @@ ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 SETTLE_ITERATIONS = 400
 
 
+# The fast kernel hands x, u and p to the model as tuples, the array kernels as arrays.
+_Vec = F64 | tuple[float, ...]
+
+
 # Stand-ins for the model's functions; the generated module rebinds these names.
-def _model_derivative(x: F64, u: F64, p: F64, dx: F64) -> None:
+def _model_derivative(x: _Vec, u: _Vec, p: _Vec, dx: F64) -> None:
     raise NotImplementedError("bound to the model's derivative in its generated module")
 
 
-def _model_output(x: F64, u: F64, p: F64, y: F64) -> None:
+def _model_output(x: _Vec, u: _Vec, p: _Vec, y: F64) -> None:
     raise NotImplementedError("bound to the model's output in its generated module")
 
 
 def _model_initial(u: F64, y_meas: F64, p: F64, x: F64) -> None:
     raise NotImplementedError("bound to the model's initial rule in its generated module")
+
+
+# Sizes of the model's vectors: compile-time constants in the generated module.
+N_STATES = 0
+N_INPUTS = 0
+N_PARAMS = 0
+
+
+def _to_tuple(a: F64, n: int) -> tuple[float, ...]:
+    """A 1-D array as an n-tuple (numba's `to_fixed_tuple` in the generated module)."""
+    return tuple(float(v) for v in a[:n])
 
 
 def _jacobian(x: F64, u: F64, p: F64, f0: F64, jac: F64, xt: F64, ft: F64) -> None:  # noqa: PLR0917  # numba kernel: plain positional arrays
@@ -144,7 +160,83 @@ def _ros2(  # noqa: PLR0917  # numba kernel: plain positional arrays
             x[i] += 1.5 * h * k1[i] + 0.5 * h * k2[i]
 
 
-def _advance_all(xs: F64, u: F64, ps: F64, dt: float, substep: float, method: int, ys: F64) -> None:  # noqa: PLR0917  # numba kernel: plain positional arrays
+def _advance_all(  # noqa: PLR0917  # numba kernel: plain positional arrays
+    xs: F64, u: F64, u_nom: F64, ps: F64, dt: float, substep: float, method: int, ys: F64
+) -> None:
+    """RK4 paths with each variant's x, u and p handed to the model as fixed-size tuples.
+
+    Tuples are values, not memory: once numba inlines the model's functions, LLVM can share
+    the terms that depend only on inputs and parameters between all derivative calls of a
+    variant, which it cannot do for arrays that might alias the scratch being written.
+    Bitwise the same arithmetic as `_advance_all_arrays`; NaN inputs take `u_nom`.
+    """
+    nv = xs.shape[0]
+    ua = np.empty(N_INPUTS)
+    for i in range(N_INPUTS):
+        ua[i] = u[i] if math.isfinite(u[i]) else u_nom[i]
+    ut = _to_tuple(ua, N_INPUTS)
+    k1 = np.empty(N_STATES)
+    k2 = np.empty(N_STATES)
+    k3 = np.empty(N_STATES)
+    k4 = np.empty(N_STATES)
+    xa = np.empty(N_STATES)
+    rows = np.empty(N_STATES)
+    pa = np.empty(N_PARAMS)
+    ya = np.empty(ys.shape[1])
+    for v in range(nv):
+        # Element copies, not row views: a view costs two reference-count updates.
+        for i in range(N_PARAMS):
+            pa[i] = ps[v, i]
+        for i in range(N_STATES):
+            xa[i] = xs[v, i]
+        pt = _to_tuple(pa, N_PARAMS)
+        x = _to_tuple(xa, N_STATES)
+        if dt > 0.0:
+            h = substep
+            _model_derivative(x, ut, pt, k1)  # f(x): the Jacobian's base and RK4's first stage
+            if method == RK4_SUBSTEP:
+                for i in range(N_STATES):
+                    rows[i] = 0.0
+                for j in range(N_STATES):
+                    for i in range(N_STATES):
+                        xa[i] = x[i]
+                    eps = 1e-7 * max(abs(x[j]), 1.0)
+                    xa[j] = x[j] + eps
+                    _model_derivative(_to_tuple(xa, N_STATES), ut, pt, k2)
+                    for i in range(N_STATES):
+                        rows[i] += abs((k2[i] - k1[i]) / eps)
+                rho = 0.0
+                for i in range(N_STATES):
+                    rho = max(rho, rows[i])
+                if rho * h > 1.0:
+                    h = 1.0 / rho
+            m = min(max(math.ceil(dt / h), 1), MAX_SUBSTEPS)
+            h = dt / m
+            for step in range(m):
+                if step > 0:
+                    _model_derivative(x, ut, pt, k1)
+                for i in range(N_STATES):
+                    xa[i] = x[i] + 0.5 * h * k1[i]
+                _model_derivative(_to_tuple(xa, N_STATES), ut, pt, k2)
+                for i in range(N_STATES):
+                    xa[i] = x[i] + 0.5 * h * k2[i]
+                _model_derivative(_to_tuple(xa, N_STATES), ut, pt, k3)
+                for i in range(N_STATES):
+                    xa[i] = x[i] + h * k3[i]
+                _model_derivative(_to_tuple(xa, N_STATES), ut, pt, k4)
+                for i in range(N_STATES):
+                    xa[i] = x[i] + h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
+                x = _to_tuple(xa, N_STATES)
+            for i in range(N_STATES):
+                xs[v, i] = x[i]
+        _model_output(x, ut, pt, ya)
+        for i in range(ya.shape[0]):
+            ys[v, i] = ya[i]
+
+
+def _advance_all_arrays(  # noqa: PLR0917  # numba kernel: plain positional arrays
+    xs: F64, u: F64, ps: F64, dt: float, substep: float, method: int, ys: F64
+) -> None:
     """Advance every variant (rows of xs, ps) by dt with u held; outputs after the step to ys."""
     nv, n = xs.shape
     k = np.empty((4, n))
@@ -241,6 +333,7 @@ _KERNELS = (
     _rk4,
     _ros2,
     _advance_all,
+    _advance_all_arrays,
     _outputs_all,
     _initial_all,
     _settle_all,
@@ -261,10 +354,15 @@ _engine_python = {{
     if _engine_inspect.isfunction(_v) and _v.__module__ == __name__
 }}
 for _k, _v in _engine_python.items():
-    globals()[_k] = _engine_numba.njit(cache=True)(_v)
+    globals()[_k] = _engine_numba.njit(cache=True, error_model="numpy", fastmath={{"arcp"}})(_v)
 _model_derivative = globals().get("derivative")
 _model_output = globals().get("output")
 _model_initial = globals().get("initial")
+# Validated later by `spec`; a missing or malformed name must reach that check, not fail here.
+N_STATES, N_INPUTS, N_PARAMS = (
+    len(_v) if isinstance(_v := globals().get(_k), tuple | list) else 0
+    for _k in ("STATES", "INPUTS", "PARAMS")
+)
 RK4 = {RK4}
 RK4_SUBSTEP = {RK4_SUBSTEP}
 SEMI_IMPLICIT = {SEMI_IMPLICIT}
@@ -274,15 +372,44 @@ SETTLE_ITERATIONS = {SETTLE_ITERATIONS}
 """
 
 
+# numba's own `to_fixed_tuple` fills the tuple in a bounds-checked loop through memory (about
+# 1.5 ns per element); this loads the elements straight into the tuple value.
+_TUPLE_INTRINSIC = """
+from numba.core import types as _engine_types
+from numba.extending import intrinsic as _engine_intrinsic
+
+
+@_engine_intrinsic
+def _to_tuple(typingctx, array, length):
+    \"\"\"The first `length` (a constant) elements of a C-contiguous 1-D array as a tuple.\"\"\"
+    if not isinstance(length, _engine_types.IntegerLiteral) or array.ndim != 1:
+        return None
+    size = int(length.literal_value)
+    tup = _engine_types.UniTuple(array.dtype, size)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.get_constant_undef(tup)
+        for i in range(size):
+            ptr = builder.gep(ary.data, [context.get_constant(_engine_types.intp, i)])
+            out = builder.insert_value(out, builder.load(ptr), i)
+        return out
+
+    return tup(array, length), codegen
+"""
+
+
 def kernel_source() -> str:
     """The engine code appended to every generated model module."""
-    parts = [_FOOTER_HEAD]
+    parts = [_FOOTER_HEAD, _TUPLE_INTRINSIC]
     parts += [inspect.getsource(fn) for fn in _KERNELS]
     names = ", ".join(repr(fn.__name__) for fn in _KERNELS)
     # nogil: the caller may run a large ensemble in a worker thread without stalling others.
     parts.append(
         f"for _k in ({names}):\n"
-        "    globals()[_k] = _engine_numba.njit(cache=True, nogil=True)(globals()[_k])\n"
+        "    globals()[_k] = _engine_numba.njit(\n"
+        "        cache=True, nogil=True, error_model='numpy'\n"
+        "    )(globals()[_k])\n"
     )
     return "\n\n".join(parts)
 
@@ -338,6 +465,31 @@ def sample_params(
     return np.clip(out, spec.lo, spec.hi)
 
 
+def _tuple_kernel_compiles(spec: ModelSpec) -> bool:
+    """Whether the model's functions compile on tuples (the fast RK4 kernel); once per model.
+
+    A model using array-only features (`.shape`, NumPy calls on its vectors, ...) runs the
+    array kernel instead, without the shared terms; so does every "semi-implicit" model.
+    """
+    mod = spec.module
+    known: bool | None = getattr(mod, "_engine_tuples", None)
+    if known is None:
+        x = np.ascontiguousarray(spec.nominal_states, dtype=np.float64)[None, :].copy()
+        y = np.zeros((1, len(spec.outputs)))
+        u = np.ascontiguousarray(spec.nominal_inputs, dtype=np.float64)
+        p = np.ascontiguousarray(spec.nominal, dtype=np.float64)[None, :]
+        try:
+            mod._advance_all(x, u, u, p, 0.0, spec.substep_s, RK4, y)
+            known = True
+        except NumbaError as exc:
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            log.info("model kernel on arrays", model=spec.name, reason=reason[:200])
+            known = False
+        setattr(mod, "_engine_tuples", known)  # noqa: B010  # a generated module
+    return known and METHODS[spec.integrator] != SEMI_IMPLICIT
+
+
 class Ensemble:
     """N parameter variants of one model, stepped together by one compiled call per tick.
 
@@ -353,7 +505,9 @@ class Ensemble:
         self._y = np.zeros((n, len(spec.outputs)))
         self._method = METHODS[spec.integrator]
         mod = spec.module
-        self._advance = mod._advance_all
+        self._fast = _tuple_kernel_compiles(spec)
+        self._advance = mod._advance_all if self._fast else mod._advance_all_arrays
+        self._substep = float(spec.substep_s)
         self._outputs = mod._outputs_all
         self._settle = mod._settle_all
         self._initial = mod._initial_all if spec.has_initial else None
@@ -363,6 +517,7 @@ class Ensemble:
         )
         self._tau = spec.observer_tau_s.copy()
         self._n_obs = np.zeros(len(spec.states))
+        self._u_nom = np.ascontiguousarray(spec.nominal_inputs, dtype=np.float64)
         self.reset(spec.nominal_inputs, np.full(len(spec.outputs), np.nan))
 
     @property
@@ -383,9 +538,16 @@ class Ensemble:
         """A copy of the outputs after the last step or reset, shape (N, n_out)."""
         return self._y.copy()
 
-    def set_params(self, params: npt.ArrayLike) -> None:
-        """Replace the parameter matrix (N, P) (same N), e.g. after the calibrator resampled."""
-        p = check_params(self.spec, params)
+    def set_params(self, params: npt.ArrayLike, *, checked: bool = False) -> None:
+        """Replace the parameter matrix (N, P) (same N), e.g. after the calibrator resampled.
+
+        `checked=True` skips the range check (the caller already keeps every value inside the
+        declared ranges, as the calibrator does with `lo`/`hi`); shapes are always checked.
+        """
+        if checked:
+            p = np.ascontiguousarray(params, dtype=np.float64)
+        else:
+            p = check_params(self.spec, params)
         if p.shape != self._p.shape:
             raise ModelError(f"model {self.spec.name}: params: expected shape {self._p.shape}")
         self._p = p
@@ -428,21 +590,29 @@ class Ensemble:
     def step(self, inputs: npt.ArrayLike, dt: float) -> F64:
         """Advance every variant by `dt` s with `inputs` held; outputs (N, n_out) after it.
 
-        NaN inputs take `[nominal_inputs]`; `dt <= 0` only re-evaluates the outputs.
+        NaN inputs take `[nominal_inputs]`; `dt <= 0` only re-evaluates the outputs. The result
+        is the ensemble's own output buffer, overwritten by the next `step` or `reset`: read it
+        or copy it before then (`outputs` is a copy).
         """
-        u = self._inputs(inputs)
         dt = float(dt)
         if not math.isfinite(dt):
             raise ModelError(f"model {self.spec.name}: dt: must be finite, got {dt}")
-        self._advance(self._x, u, self._p, dt, self.spec.substep_s, self._method, self._y)
-        return self._y.copy()
+        if self._fast:
+            u = _vector(inputs, self._u_nom.shape[0], "inputs", self.spec)
+            self._advance(
+                self._x, u, self._u_nom, self._p, dt, self._substep, self._method, self._y
+            )
+        else:
+            u = self._inputs(inputs)
+            self._advance(self._x, u, self._p, dt, self._substep, self._method, self._y)
+        return self._y
 
     def observe(self, measured: npt.ArrayLike, dt: float) -> None:
         """Pull observed states towards same-named measured outputs (NaN = not measured).
 
-        First-order output injection with the `[observer]` time constants, as
-        `LoopModel.observe`: the fraction moved is min(1, max(dt / tau, 1 / (n + 1))) with n
-        the measurements since the last reset, so the state starts as their running mean.
+        First-order output injection with the `[observer]` time constants: the fraction moved
+        is min(1, max(dt / tau, 1 / (n + 1))) with n the measurements since the last reset, so
+        the state starts as their running mean.
         """
         y = _vector(measured, len(self.spec.outputs), "outputs", self.spec)
         m = np.where(self._obs_out >= 0, y[np.maximum(self._obs_out, 0)], np.nan)
@@ -490,7 +660,7 @@ class SpecModel:
 
     def step(self, inputs: F64, dt: float) -> F64:
         """Advance by `dt` seconds with `inputs` held; return the predicted outputs."""
-        y: F64 = self._ens.step(inputs, dt)[0]
+        y: F64 = self._ens.step(inputs, dt)[0].copy()
         return y
 
     def observe(self, outputs: F64, dt: float) -> None:

@@ -1,6 +1,6 @@
 """Process units authored through `models.process.spec`: one `.py` + `.toml` pair each.
 
-`water_loop` re-expresses `models.process.loop` through the authoring API (same equations),
+`water_loop` is the rig's water-circulation loop (the agent's built-in `kind = "loop"`),
 `heat_exchanger` is a lumped two-node counter-flow heat exchanger. `UNITS_DIR` locates them:
 `load_spec(UNITS_DIR / "heat_exchanger.toml")`.
 """
