@@ -7,7 +7,6 @@ could have been found at start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -20,16 +19,6 @@ Mask = npt.NDArray[np.bool_]
 
 class ModelError(Exception):
     """A model or detector file is invalid; the message names the file and the field."""
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A snapshot of the process image at one tick: values by name with a validity mask."""
-
-    ts: float
-    names: tuple[str, ...]
-    values: F64
-    valid: Mask
 
 
 class ProcessModel(Protocol):
