@@ -1,0 +1,433 @@
+"""Tests of the durable store-and-forward buffer: a model-based state machine plus policy cases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from structlog.testing import capture_logs
+
+from edge_agent.buffer import Buffer, Entry, StreamPolicy, entry_size
+
+STREAMS = {
+    "t1": StreamPolicy("telemetry"),
+    "t2": StreamPolicy("telemetry"),
+    "ev": StreamPolicy("events"),
+}
+
+
+class FakeClock:
+    """A settable wall clock: the age bound is about hours, which a test cannot wait for."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_buffer(
+    path: Path,
+    max_bytes: int = 10_000,
+    *,
+    clock: Callable[[], float] = time.time,
+    live_s: float | None = None,
+) -> Buffer:
+    """A buffer on `path` with the test streams."""
+    return Buffer(
+        path, max_bytes=max_bytes, max_age_s=3600.0, streams=STREAMS, clock=clock, live_s=live_s
+    )
+
+
+# -- model-based state machine -----------------------------------------------------------
+
+
+@dataclass
+class ModelEntry:
+    """What the model expects of one stored entry."""
+
+    stream: str
+    seq: int
+    payload: bytes
+    size: int
+    is_event: bool
+    in_flight: bool = False
+    id: int = -1
+
+
+MAX_BYTES = 2_000
+
+
+class BufferMachine(RuleBasedStateMachine):
+    """Append/take/commit/release/reopen/overflow against an in-memory model of the buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = Path(self.dir.name) / "buf.db"
+        self.buf = open_buffer(self.path, MAX_BYTES)
+        self.entries: list[ModelEntry] = []
+        self.next_seq: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.taken: list[Entry] = []
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("telemetry_oldest", "telemetry_refused", "events_full"), 0
+        )
+
+    @initialize()
+    def start(self) -> None:
+        """Nothing to do: the buffer is opened in __init__."""
+
+    def _model_append(self, stream: str, payload: bytes) -> int:
+        is_event = STREAMS[stream].kind == "events"
+        size = entry_size(f"plant/{stream}", payload)
+        seq = self.next_seq[stream]
+        self.next_seq[stream] += 1
+        need = sum(e.size for e in self.entries) + size - MAX_BYTES
+        if need > 0:
+            victims: list[ModelEntry] = []
+            freed = 0
+            kinds = (False, True) if is_event else (False,)
+            for kind in kinds:
+                for e in self.entries:
+                    if freed >= need:
+                        break
+                    if e.is_event == kind and not e.in_flight:
+                        victims.append(e)
+                        freed += e.size
+            if freed < need:
+                self.counters["events_full" if is_event else "telemetry_refused"] += 1
+                return seq
+            for v in victims:
+                self.entries.remove(v)
+                self.counters["events_full" if v.is_event else "telemetry_oldest"] += 1
+        self.entries.append(ModelEntry(stream, seq, payload, size, is_event))
+        return seq
+
+    @rule(stream=st.sampled_from(sorted(STREAMS)), payload=st.binary(max_size=60))
+    def append(self, stream: str, payload: bytes) -> None:
+        """Append a small message; its seq is the next of its stream."""
+        expected = self._model_append(stream, payload)
+        assert self.buf.append(stream, f"plant/{stream}", payload) == expected
+
+    @rule(stream=st.sampled_from(sorted(STREAMS)), size=st.integers(400, 900))
+    def overflow(self, stream: str, size: int) -> None:
+        """Append a large message that forces the byte bound's policy to act."""
+        payload = bytes([len(self.entries) % 256]) * size
+        expected = self._model_append(stream, payload)
+        assert self.buf.append(stream, f"plant/{stream}", payload) == expected
+
+    @rule(n=st.integers(0, 8))
+    def take(self, n: int) -> None:
+        """Take hands out the oldest entries not in flight, in order."""
+        got = self.buf.take(n)
+        free = [e for e in self.entries if not e.in_flight][:n]
+        assert [(g.stream, g.seq, g.payload) for g in got] == [
+            (e.stream, e.seq, e.payload) for e in free
+        ]
+        for g, e in zip(got, free, strict=True):
+            e.in_flight = True
+            e.id = g.id
+        self.taken.extend(got)
+
+    @precondition(lambda self: self.taken)
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        """Commit deletes some taken entries."""
+        chosen = data.draw(st.lists(st.sampled_from(self.taken), unique_by=lambda e: e.id))
+        ids = {e.id for e in chosen}
+        self.buf.commit(ids)
+        self.entries = [e for e in self.entries if not (e.in_flight and e.id in ids)]
+        self.taken = [e for e in self.taken if e.id not in ids]
+
+    @precondition(lambda self: self.taken)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        """Release puts some taken entries back in their original place."""
+        chosen = data.draw(st.lists(st.sampled_from(self.taken), unique_by=lambda e: e.id))
+        ids = {e.id for e in chosen}
+        self.buf.release(ids)
+        for e in self.entries:
+            if e.in_flight and e.id in ids:
+                e.in_flight = False
+        self.taken = [e for e in self.taken if e.id not in ids]
+
+    @rule()
+    def reopen(self) -> None:
+        """Close and open the same file: everything stored is pending again, seqs continue."""
+        self.buf.close()
+        counters = self.buf.counters
+        self.buf = open_buffer(self.path, MAX_BYTES)
+        assert self.buf.recovered_from is None
+        self.buf.counters.update(counters)
+        for e in self.entries:
+            e.in_flight = False
+        self.taken = []
+
+    @invariant()
+    def matches_model(self) -> None:
+        """Counts, bytes and drop counters agree with the model."""
+        assert self.buf.pending() == sum(1 for e in self.entries if not e.in_flight)
+        assert self.buf.in_flight() == sum(1 for e in self.entries if e.in_flight)
+        assert self.buf.bytes_used() == sum(e.size for e in self.entries)
+        assert self.buf.bytes_used() <= MAX_BYTES
+        for name, value in self.counters.items():
+            assert self.buf.counters[name] == value, name
+
+    def teardown(self) -> None:
+        """Check the whole content in order, then clean up."""
+        self.buf.close()
+        self.buf = open_buffer(self.path, MAX_BYTES)
+        got = self.buf.take(10_000)
+        assert [(g.stream, g.seq, g.payload) for g in got] == [
+            (e.stream, e.seq, e.payload) for e in self.entries
+        ]
+        assert all(g.historical for g in got)
+        self.buf.close()
+        self.dir.cleanup()
+
+
+BufferMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestBufferMachine = BufferMachine.TestCase
+
+
+# -- restart and crash -------------------------------------------------------------------
+
+
+def test_sequence_numbers_continue_across_reopen(tmp_path: Path) -> None:
+    """Per-stream seqs keep counting after close/open, even when everything was committed."""
+    path = tmp_path / "b.db"
+    with open_buffer(path) as buf:
+        assert [buf.append("t1", "a", b"x") for _ in range(3)] == [0, 1, 2]
+        assert buf.append("ev", "e", b"y") == 0
+        buf.commit(e.id for e in buf.take(10))
+    with open_buffer(path) as buf:
+        assert buf.append("t1", "a", b"x") == 3
+        assert buf.append("ev", "e", b"y") == 1
+        assert buf.append("t2", "b", b"z") == 0
+
+
+def test_in_flight_entries_are_pending_after_reopen(tmp_path: Path) -> None:
+    """Entries taken but never committed come back, in order, flagged historical."""
+    path = tmp_path / "b.db"
+    with open_buffer(path) as buf:
+        for i in range(5):
+            buf.append("t1", "a", bytes([i]))
+        taken = buf.take(3)
+        buf.commit([taken[0].id])
+        assert buf.pending() == 2
+        assert not any(e.historical for e in taken)
+    with open_buffer(path) as buf:
+        assert buf.pending() == 4
+        again = buf.take(10)
+        assert [e.payload for e in again] == [bytes([i]) for i in (1, 2, 3, 4)]
+        assert all(e.historical for e in again)
+        buf.append("t1", "a", b"new")
+        assert buf.take(1)[0].historical is False
+
+
+def test_in_flight_entries_survive_a_killed_process(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) with entries in flight loses none of them."""
+    path = tmp_path / "b.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from edge_agent.buffer import Buffer, StreamPolicy
+        buf = Buffer({str(path)!r}, max_bytes=10_000, max_age_s=3600.0,
+                     streams={{"t1": StreamPolicy("telemetry")}})
+        for i in range(4):
+            buf.append("t1", "a", bytes([i]))
+        buf.commit([buf.take(1)[0].id])
+        buf.take(2)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    with open_buffer(path) as buf:
+        assert buf.recovered_from is None
+        assert [(e.seq, e.payload) for e in buf.take(10)] == [(i, bytes([i])) for i in (1, 2, 3)]
+        assert buf.append("t1", "a", b"x") == 4
+
+
+# -- corruption --------------------------------------------------------------------------
+
+
+def _check_fresh_after_corruption(path: Path) -> None:
+    with capture_logs() as logs, open_buffer(path) as buf:
+        assert buf.recovered_from is not None
+        assert buf.recovered_from.exists()
+        assert buf.recovered_from.name.startswith("b.db.corrupt-")
+        assert buf.pending() == 0
+        assert buf.append("t1", "a", b"fresh") == 0
+        assert [e.payload for e in buf.take(5)] == [b"fresh"]
+    assert any(log["event"] == "buffer corrupt, moved aside" for log in logs)
+    with open_buffer(path) as buf:
+        assert buf.recovered_from is None
+        assert buf.pending() == 1
+
+
+def test_random_bytes_file_is_moved_aside(tmp_path: Path) -> None:
+    """A file that is not a SQLite database is moved aside and a fresh buffer works."""
+    path = tmp_path / "b.db"
+    path.write_bytes(os.urandom(8192))
+    _check_fresh_after_corruption(path)
+
+
+def test_truncated_database_is_moved_aside(tmp_path: Path) -> None:
+    """A real buffer file cut short is moved aside and a fresh buffer works."""
+    path = tmp_path / "b.db"
+    with open_buffer(path, max_bytes=10_000_000) as buf:
+        for i in range(2000):
+            buf.append("t1", "a", bytes([i % 256]) * 200)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    _check_fresh_after_corruption(path)
+
+
+def test_damaged_pages_are_moved_aside(tmp_path: Path) -> None:
+    """A real buffer file with garbage over its pages fails quick_check and is moved aside."""
+    path = tmp_path / "b.db"
+    with open_buffer(path, max_bytes=10_000_000) as buf:
+        for i in range(2000):
+            buf.append("t1", "a", bytes([i % 256]) * 200)
+    with path.open("r+b") as f:
+        f.seek(4096 * 3)
+        f.write(os.urandom(4096 * 20))
+    _check_fresh_after_corruption(path)
+
+
+# -- bounds and policy -------------------------------------------------------------------
+
+
+def test_telemetry_drops_oldest_first(tmp_path: Path) -> None:
+    """When full, new telemetry pushes out the oldest telemetry, counted."""
+    one = entry_size("a", b"x" * 68)  # 100 bytes
+    with open_buffer(tmp_path / "b.db", max_bytes=one * 5) as buf:
+        for i in range(8):
+            buf.append("t1", "a", bytes([i]) * 68)
+        assert buf.counters["telemetry_oldest"] == 3
+        assert [e.seq for e in buf.take(10)] == [3, 4, 5, 6, 7]
+        assert buf.bytes_used() == one * 5
+
+
+def test_events_are_kept_and_telemetry_refused(tmp_path: Path) -> None:
+    """Events push telemetry out; with only events left, new telemetry is refused, not events."""
+    one = entry_size("a", b"x" * 68)
+    with open_buffer(tmp_path / "b.db", max_bytes=one * 4) as buf:
+        buf.append("t1", "a", b"t" * 68)
+        buf.append("t2", "a", b"t" * 68)
+        for _ in range(4):
+            buf.append("ev", "a", b"e" * 68)
+        assert buf.counters["telemetry_oldest"] == 2
+        assert buf.append("t1", "a", b"t" * 68) == 1  # seq used up, message refused
+        assert buf.counters["telemetry_refused"] == 1
+        assert buf.counters["events_full"] == 0
+        assert [(e.stream, e.seq) for e in buf.take(10)] == [("ev", i) for i in range(4)]
+
+
+def test_events_dropped_only_when_full_of_events(tmp_path: Path) -> None:
+    """An event drops the oldest event only when the buffer holds nothing but events."""
+    one = entry_size("a", b"x" * 68)
+    with open_buffer(tmp_path / "b.db", max_bytes=one * 3) as buf:
+        for _ in range(3):
+            buf.append("ev", "a", b"e" * 68)
+        assert buf.take(1)[0].seq == 0  # in flight: never dropped
+        buf.append("ev", "a", b"e" * 68)
+        assert buf.counters["events_full"] == 1
+        assert [e.seq for e in buf.take(10)] == [2, 3]
+        assert buf.pending() == 0
+        assert buf.in_flight() == 3
+
+
+def test_age_bound_drops_old_telemetry(tmp_path: Path) -> None:
+    """Telemetry older than max_age_s is dropped and counted; events are kept."""
+    clock = FakeClock()
+    with open_buffer(tmp_path / "b.db", clock=clock) as buf:
+        buf.append("t1", "a", b"old")
+        buf.append("ev", "a", b"old event")
+        clock.now += 3000
+        buf.append("t1", "a", b"young")
+        clock.now += 1000
+        got = buf.take(10)
+        assert [e.payload for e in got] == [b"old event", b"young"]
+        assert buf.counters["age"] == 1
+
+
+def test_live_threshold_marks_backlog_historical(tmp_path: Path) -> None:
+    """With live_s set, entries older than it at take time are flagged historical."""
+    clock = FakeClock()
+    with open_buffer(tmp_path / "b.db", clock=clock, live_s=10.0) as buf:
+        buf.append("t1", "a", b"1")
+        clock.now += 30
+        buf.append("t1", "a", b"2")
+        assert [e.historical for e in buf.take(10)] == [True, False]
+
+
+def test_high_water_warning_logged_once(tmp_path: Path) -> None:
+    """The 80 % warning is logged once while high, and again after usage fell well below."""
+    one = entry_size("a", b"x" * 68)
+    with capture_logs() as logs, open_buffer(tmp_path / "b.db", max_bytes=one * 10) as buf:
+        for _ in range(20):
+            buf.append("t1", "a", b"x" * 68)
+        highs = [log for log in logs if log["event"] == "buffer high"]
+        assert len(highs) == 1
+        assert highs[0]["log_level"] == "warning"
+        buf.commit(e.id for e in buf.take(5))
+        for _ in range(20):
+            buf.append("t1", "a", b"x" * 68)
+        assert sum(1 for log in logs if log["event"] == "buffer high") == 2
+    assert sum(1 for log in logs if log["event"] == "buffer below high-water") == 1
+
+
+def test_oversize_entry_is_refused(tmp_path: Path) -> None:
+    """An entry larger than the whole bound is refused and counted, nothing else is dropped."""
+    with open_buffer(tmp_path / "b.db", max_bytes=500) as buf:
+        buf.append("t1", "a", b"keep")
+        buf.append("ev", "a", b"x" * 1000)
+        assert buf.counters["oversize"] == 1
+        assert [e.payload for e in buf.take(5)] == [b"keep"]
+
+
+def test_unknown_stream_is_rejected(tmp_path: Path) -> None:
+    """Appending to a stream not configured raises KeyError."""
+    with open_buffer(tmp_path / "b.db") as buf, pytest.raises(KeyError):
+        buf.append("nope", "a", b"x")
+
+
+def test_file_is_wal_mode(tmp_path: Path) -> None:
+    """The file is left in WAL mode (readable by a plain sqlite3 connection)."""
+    path = tmp_path / "b.db"
+    with open_buffer(path) as buf:
+        buf.append("t1", "a", b"x")
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
