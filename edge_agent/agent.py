@@ -198,6 +198,7 @@ class Agent:
         )
         self._out_pos = np.array([self.image.index[t] for t in self.output_tags], dtype=np.intp)
         self._out_set = {int(i) for i in self._out_pos}
+        self._tag_of_output = dict(zip(self.model.output_names, self.output_tags, strict=True))
         self.config_hash = config_hash(cfg_path)
         m = cfg.mqtt
         self.publisher = MqttPublisher(
@@ -304,8 +305,8 @@ class Agent:
             for doc in self.learner.tick(self.comparator.step_info):
                 pub(self.reporter.alarm_topic, json.dumps(doc, separators=(",", ":")).encode())
             if now >= self._next_model_report:
-                tag_of = dict(zip(self.model.output_names, self.output_tags, strict=True))
-                pub(self.reporter.model_topic, self.learner.report(now, tag_of), retain=True)
+                report = self.learner.report(now, self._tag_of_output)
+                pub(self.reporter.model_topic, report, retain=True)
                 self._next_model_report = now + self._model_report_s
         alarm = [self.alarms.state(i) for i in range(n)]
         for i in self.reporter.due(now, img.value, residual, img.quality, alarm):

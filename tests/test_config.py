@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.toml"
 
 
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`edge-agent check-config PATH` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "check-config", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def demo_data() -> dict[str, Any]:
     return tomllib.loads(DEMO.read_text())
 
@@ -83,13 +94,7 @@ def test_check_config_cli_exits_2_listing_problems(tmp_path: Path) -> None:
         .replace("tick_hz = 10", "tick_hz = -1")
         .replace("port = 5020", "port = 70000")
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "check-config", str(bad)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = check_config(bad)
     assert r.returncode == 2
     assert "agent.tick_hz" in r.stderr
     assert "drivers[1].port" in r.stderr
@@ -98,13 +103,7 @@ def test_check_config_cli_exits_2_listing_problems(tmp_path: Path) -> None:
 
 def test_check_config_cli_ok() -> None:
     """`edge-agent check-config` on the demo config exits 0."""
-    r = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "check-config", str(DEMO)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = check_config(DEMO)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
 
@@ -125,13 +124,7 @@ def test_check_config_names_model_mapping_problems(tmp_path: Path) -> None:
         .replace('valve_out = "valve_out"', 'valve_outt = "valve_out"')
         .replace('state_dir = "../state"', f'state_dir = "{tmp_path}"')
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "check-config", str(bad)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = check_config(bad)
     assert r.returncode == 2
     assert "model.inputs.valve_outt" in r.stderr
     assert "model.inputs.valve_out: missing" in r.stderr
