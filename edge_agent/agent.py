@@ -26,8 +26,6 @@ import numpy as np
 import structlog
 
 from drivers.base import Driver
-from drivers.modbus import ModbusDriver, ModbusTag
-from drivers.opcua import OpcUaDriver, OpcUaTag
 from edge_agent import __version__
 from edge_agent.acquire import LinkStats, run_driver
 from edge_agent.alarms import AlarmTracker
@@ -37,8 +35,6 @@ from edge_agent.config import (
     DEFAULT_SPEC,
     Config,
     ConfigError,
-    ModbusDriverConfig,
-    OpcUaDriverConfig,
     config_hash,
     resolve,
 )
@@ -53,36 +49,6 @@ from models.process.engine import SpecModel
 from models.process.spec import ModelSpec, load_spec
 
 log = structlog.get_logger(__name__)
-
-
-def _secret(env_name: str | None) -> str | None:
-    return None if env_name is None else os.environ.get(env_name)
-
-
-def build_driver(d: OpcUaDriverConfig | ModbusDriverConfig) -> Driver:
-    """The protocol driver for one `[[drivers]]` entry."""
-    if isinstance(d, OpcUaDriverConfig):
-        return OpcUaDriver(
-            d.name,
-            d.endpoint,
-            [OpcUaTag(t.name, t.node, t.sampling_interval_ms, 0.0) for t in d.tags],
-            publishing_interval_ms=d.publishing_interval_ms,
-            timeout_s=d.timeout_s,
-            username=d.username,
-            password=_secret(d.password_env),
-        )
-    return ModbusDriver(
-        d.name,
-        d.host,
-        d.port,
-        [
-            ModbusTag(t.name, t.address, t.type, t.order, t.table, t.scale, t.offset, d.unit_id)
-            for t in d.tags
-        ],
-        timeout_s=d.timeout_s,
-        max_gap=d.max_gap,
-        max_registers=d.max_registers,
-    )
 
 
 def build_model(cfg: Config, cfg_path: Path) -> tuple[ProcessModel, ModelSpec | None]:
@@ -152,7 +118,7 @@ class Agent:
     def __init__(self, cfg: Config, cfg_path: Path) -> None:
         self.cfg = cfg
         self.cfg_path = cfg_path
-        self.drivers = [build_driver(d) for d in cfg.drivers]
+        self.drivers: list[Driver] = [d.build() for d in cfg.drivers]
         tags = list(cfg.tags())
         self.image = ProcessImage([t.name for _, t in tags], [t.range for _, t in tags])
         self.spec: ModelSpec | None = None
@@ -208,7 +174,7 @@ class Agent:
                 client_id=m.client_id or f"edge-agent-{cfg.agent.id}",
                 keepalive_s=m.keepalive_s,
                 username=m.username,
-                password=_secret(m.password_env),
+                password=None if m.password_env is None else os.environ.get(m.password_env),
                 tls=m.tls,
                 ca_file=m.ca_file,
                 cert_file=m.cert_file,
@@ -365,7 +331,7 @@ class Agent:
                 acq = []
                 for dcfg, drv in zip(self.cfg.drivers, self.drivers, strict=True):
                     st = self.stats.link.setdefault(drv.name, LinkStats())
-                    poll = dcfg.poll_interval_s if isinstance(dcfg, ModbusDriverConfig) else 1.0
+                    poll = dcfg.poll_interval_s
                     acq.append(
                         tg.create_task(
                             run_driver(

@@ -6,8 +6,9 @@ problems (types, unknown keys, missing keys) come from pydantic; cross-field pro
 tag names, overlapping registers, model inputs and outputs that name existing tags, timeouts
 shorter than intervals) are checked in a second pass so they are reported together too.
 
-This module owns the file format only; it does not build drivers or models (`edge_agent.agent`
-does, from a validated `Config`).
+This module owns the file format only; each protocol's `[[drivers]]` schema, its cross-field
+checks and its `build()` live with the driver (`drivers.<protocol>.config`); models are built by
+`edge_agent.agent` from a validated `Config`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 import models
+from drivers.config import Strict, TagBase
+from drivers.modbus.config import ModbusDriverConfig, ModbusTagConfig
+from drivers.opcua.config import OpcUaDriverConfig, OpcUaTagConfig
 
 # The built-in Digital Original (`model.kind = "loop"`) and the default `detector.path`: the files
 # shipped with the package.
 DEFAULT_SPEC = Path(models.__file__).parent / "process" / "units" / "water_loop.toml"
 DEFAULT_DETECTOR = Path(models.__file__).parent / "anomaly" / "loop_detector.onnx"
-
-REG_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 
 
 class ConfigError(Exception):
@@ -41,64 +43,7 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TagBase(_Strict):
-    """Settings every tag has, whatever its protocol."""
-
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)
-    unit: str = ""
-    range: tuple[float, float] | None = None
-    deadband: float = Field(default=0.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _range_ordered(self) -> TagBase:
-        if self.range is not None and not self.range[0] < self.range[1]:
-            raise ValueError("range must be [low, high] with low < high")
-        return self
-
-
-class OpcUaTagConfig(TagBase):
-    node: str = Field(min_length=3, description="node id, e.g. 'nsu=urn:plant;s=Loop.flow'")
-    sampling_interval_ms: float = Field(default=100.0, gt=0)
-
-
-class ModbusTagConfig(TagBase):
-    address: int = Field(ge=0, le=65535)
-    table: Literal["holding", "input"] = "holding"
-    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "uint16"
-    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
-    scale: float = 1.0
-    offset: float = 0.0
-
-
-class OpcUaDriverConfig(_Strict):
-    kind: Literal["opcua"]
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-    endpoint: str = Field(pattern=r"^opc\.tcp://")
-    publishing_interval_ms: float = Field(default=100.0, gt=0)
-    timeout_s: float = Field(default=5.0, gt=0)
-    username: str | None = None
-    password_env: str | None = Field(
-        default=None, description="name of the environment variable that holds the password"
-    )
-    tags: list[OpcUaTagConfig] = Field(min_length=1)
-
-
-class ModbusDriverConfig(_Strict):
-    kind: Literal["modbus"]
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255)
-    poll_interval_s: float = Field(default=0.1, gt=0)
-    timeout_s: float = Field(default=1.0, gt=0)
-    max_gap: int = Field(default=10, ge=0)
-    max_registers: int = Field(default=125, ge=1, le=125)
-    tags: list[ModbusTagConfig] = Field(min_length=1)
-
+_Strict = Strict
 
 DriverConfig = Annotated[OpcUaDriverConfig | ModbusDriverConfig, Field(discriminator="kind")]
 
@@ -174,6 +119,19 @@ class Config(_Strict):
                 yield d.name, t
 
 
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModbusDriverConfig",
+    "ModbusTagConfig",
+    "OpcUaDriverConfig",
+    "OpcUaTagConfig",
+    "TagBase",
+    "load_config",
+    "parse_config",
+]
+
+
 def _fmt_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     skip_next_kind = False
@@ -207,28 +165,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
                 )
             else:
                 seen_tags[t.name] = f"drivers[{i}]"
-        if isinstance(d, ModbusDriverConfig):
-            if d.timeout_s >= d.poll_interval_s * 20:
-                problems.append(
-                    f"drivers[{i}].timeout_s: {d.timeout_s} s is too long for a poll interval "
-                    f"of {d.poll_interval_s} s; use at most {d.poll_interval_s * 20:g} s"
-                )
-            used: dict[tuple[str, int], str] = {}
-            for j, t in enumerate(d.tags):
-                for reg in range(t.address, t.address + REG_WIDTH[t.type]):
-                    key = (t.table, reg)
-                    if key in used:
-                        problems.append(
-                            f"drivers[{i}].tags[{j}].address: {t.table} register {reg} of "
-                            f"{t.name!r} overlaps {used[key]!r}; fix the address or the type"
-                        )
-                        break
-                    used[key] = t.name
-                if t.address + REG_WIDTH[t.type] > 65536:
-                    problems.append(
-                        f"drivers[{i}].tags[{j}].address: {t.type} at {t.address} runs past "
-                        "register 65535"
-                    )
+        problems.extend(d.problems(f"drivers[{i}]"))
     for section in ("inputs", "outputs"):
         mapping: dict[str, str] = getattr(cfg.model, section)
         for model_name, tag in mapping.items():
