@@ -4,6 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_uv
 ensure_mosquitto
+for peer in scripts/ensure.d/*.sh; do [ -e "$peer" ] && source "$peer"; done
 uv sync --frozen --quiet
 uv run --frozen ruff check .
 uv run --frozen ruff format --check .
