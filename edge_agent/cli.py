@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
 from pathlib import Path
 
 EXIT_CONFIG = 2
+
+# Commands that live in their own module: each has `register(subparsers)` and keeps its
+# module-level imports light (heavy ones inside the command function).
+EXTRA_COMMANDS: tuple[str, ...] = ()
 
 
 def _set_cache_dir(state_dir: Path) -> None:
@@ -173,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int, default=50, help="window length in ticks")
     t.add_argument("--state-dir", default="state", help="where caches are kept")
     t.set_defaults(func=cmd_train)
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return p
 
 
