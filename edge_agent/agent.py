@@ -29,6 +29,7 @@ from drivers.base import Driver
 from edge_agent import __version__
 from edge_agent.acquire import LinkStats, run_driver
 from edge_agent.alarms import AlarmTracker
+from edge_agent.buffer import Buffer, NewEntry, StreamPolicy
 from edge_agent.compare import Comparator, CompareResult
 from edge_agent.config import (
     DEFAULT_DETECTOR,
@@ -43,6 +44,7 @@ from edge_agent.learn import Learner
 from edge_agent.notify import Notifier
 from edge_agent.publish import MqttPublisher, MqttSettings
 from edge_agent.report import Reporter
+from edge_agent.uplink import Uplink, UplinkSettings
 from models.anomaly.detector import OnnxDetector
 from models.base import ProcessModel
 from models.process.engine import SpecModel
@@ -98,6 +100,23 @@ def _check_mapping(
             )
     if problems:
         raise ConfigError(cfg_path, problems)
+
+
+STREAMS = {
+    "deltas": StreamPolicy("telemetry"),
+    "events": StreamPolicy("events"),
+    "model": StreamPolicy("events"),
+}
+"""The uplink's streams: tag deltas may be dropped when the buffer is full, events never first."""
+
+
+def _env(name: str | None) -> str | None:
+    return None if name is None else os.environ.get(name)
+
+
+def _path(cfg_path: Path, value: str | None) -> str | None:
+    p = resolve(cfg_path, value)
+    return None if p is None else str(p)
 
 
 @dataclass
@@ -171,18 +190,40 @@ class Agent:
             MqttSettings(
                 host=m.host,
                 port=m.port,
+                failover=m.failover_servers(),
+                protocol=m.protocol,
+                session_expiry_s=m.session_expiry_s,
                 client_id=m.client_id or f"edge-agent-{cfg.agent.id}",
                 keepalive_s=m.keepalive_s,
                 username=m.username,
-                password=None if m.password_env is None else os.environ.get(m.password_env),
+                password=_env(m.password_env),
                 tls=m.tls,
-                ca_file=m.ca_file,
-                cert_file=m.cert_file,
-                key_file=m.key_file,
+                ca_file=_path(cfg_path, m.ca_file),
+                cert_file=_path(cfg_path, m.cert_file),
+                key_file=_path(cfg_path, m.key_file),
+                key_password=_env(m.key_password_env),
+                tls_insecure=m.tls_insecure,
+                max_queue=4 * cfg.uplink.window + 16,
             ),
             status_topic=self.reporter.status_topic,
-            birth_payload=lambda: self.status_payload("online"),
+            birth_payload=lambda: self.status_payload(self.uplink.state()),
             will_payload=self.status_payload("offline"),
+        )
+        u = cfg.uplink
+        self.state_dir = resolve(cfg_path, cfg.agent.state_dir) or cfg_path.parent
+        self.buffer = Buffer(
+            self.state_dir / u.buffer_file,
+            max_bytes=int(u.max_mb * 1024 * 1024),
+            max_age_s=u.max_age_h * 3600.0,
+            live_s=u.live_s,
+            streams=STREAMS,
+        )
+        self.uplink = Uplink(
+            self.buffer,
+            self.publisher,
+            agent_id=cfg.agent.id,
+            settings=UplinkSettings(window=u.window, replay_rate=u.replay_rate),
+            on_state=lambda _state: self.publisher.republish_status(),
         )
         self.notifier = Notifier()
         self.stats = TickStats()
@@ -262,21 +303,23 @@ class Agent:
         cusum[self._out_pos] = res.cusum
         bad = img.quality == 2
         events = self.alarms.update(now, score, bad, img.reason)
-        pub = self._publish
+        rep = self.reporter
+        out: list[NewEntry] = []
         for ev in events:
             log.info("alarm " + ev.event, kind=ev.kind, tag=ev.tag, score=ev.score)
-            pub(self.reporter.alarm_topic, self.reporter.alarm_payload(ev))
+            out.append(NewEntry("events", rep.alarm_topic, rep.alarm_payload(ev), ts=now))
         self.stats.events += len(events)
         if self.learner is not None and self.comparator.step_info is not None:
             for doc in self.learner.tick(self.comparator.step_info):
-                pub(self.reporter.alarm_topic, json.dumps(doc, separators=(",", ":")).encode())
+                body = json.dumps(doc, separators=(",", ":")).encode()
+                out.append(NewEntry("events", rep.alarm_topic, body, ts=now))
             if now >= self._next_model_report:
                 report = self.learner.report(now, self._tag_of_output)
-                pub(self.reporter.model_topic, report, retain=True)
+                out.append(NewEntry("model", rep.model_topic, report, retain=True, ts=now))
                 self._next_model_report = now + self._model_report_s
         alarm = [self.alarms.state(i) for i in range(n)]
-        for i in self.reporter.due(now, img.value, residual, img.quality, alarm):
-            payload = self.reporter.tag_payload(
+        docs = [
+            rep.tag_doc(
                 int(i),
                 now,
                 value=float(img.value[i]),
@@ -290,18 +333,23 @@ class Agent:
                 cusum=float(cusum[i]),
                 prediction=res.prediction if i in self._out_set else "none",
             )
-            pub(self.reporter.tag_topics[i], payload)
+            for i in rep.due(now, img.value, residual, img.quality, alarm)
+        ]
+        if self.cfg.uplink.per_tag_topics:
+            out.extend(
+                NewEntry(
+                    "deltas", rep.tag_topics[img.index[str(d["tag"])]], rep.tag_payload(d), ts=now
+                )
+                for d in docs
+            )
+        elif docs:
+            out.extend(
+                NewEntry("deltas", rep.deltas_topic, body, ts=now)
+                for body in rep.batches(now, docs, self.cfg.uplink.batch_max)
+            )
+        self.uplink.submit(out)
         self.stats.ticks += 1
         self.stats.last_tick = now
-
-    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        self.publisher.publish(topic, payload, retain=retain).add_done_callback(self._published)
-
-    def _published(self, fut: asyncio.Future[None]) -> None:
-        # Drops (queue full) are counted by the publisher; retrieve the outcome so asyncio does
-        # not warn about an exception nobody read.
-        if not fut.cancelled() and fut.exception() is not None:
-            self.stats.publish_failures += 1
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -322,11 +370,22 @@ class Agent:
                 delay = 0
             await asyncio.sleep(delay)
 
+    async def _drain(self, deadline_s: float) -> None:
+        """Give the uplink up to `deadline_s` to deliver what is stored (the rest stays on disk
+        and goes out after the next start)."""
+        end = time.monotonic() + deadline_s
+        # Polls: the backlog lives in SQLite, no event fires when it empties.
+        while self.uplink.backlog() and self.publisher.connected and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.uplink.backlog():
+            log.info("uplink backlog kept for the next start", messages=self.uplink.backlog())
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order (sources first)."""
         await self.publisher.start()
         try:
             async with asyncio.TaskGroup() as tg:
+                uplink_task = tg.create_task(self.uplink.run(), name="uplink")
                 tick_task = tg.create_task(self._tick_loop(), name="tick")
                 acq = []
                 for dcfg, drv in zip(self.cfg.drivers, self.drivers, strict=True):
@@ -354,9 +413,12 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await tick_task
                 self.tick(time.time())
+                await self._drain(deadline_s=5.0)
+                uplink_task.cancel()
         finally:
             for drv in self.drivers:
                 await drv.aclose()
-            await self.publisher.aclose(drain_timeout_s=5.0)
+            await self.publisher.aclose(drain_timeout_s=2.0)
+            self.buffer.close()
             self.notifier.close()
             log.info("agent stopped", ticks=self.stats.ticks)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 import models
 from drivers.config import Strict, TagBase
@@ -59,15 +59,53 @@ class AgentSection(_Strict):
 class MqttSection(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    failover: list[str] = Field(
+        default_factory=list, description="further brokers as 'host:port', tried in turn"
+    )
+    protocol: Literal["5", "3.1.1"] = "5"
+    session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)
     topic_prefix: str = "edge-agent/v1"
     client_id: str | None = None
-    keepalive_s: int = Field(default=15, ge=5, le=3600)
+    keepalive_s: int = Field(default=10, ge=5, le=3600)
     username: str | None = None
     password_env: str | None = None
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    key_password_env: str | None = None
+    tls_insecure: bool = Field(default=False, description="skip the broker certificate check")
+
+    @model_validator(mode="after")
+    def _failover_addresses(self) -> MqttSection:
+        for i, addr in enumerate(self.failover):
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"failover[{i}] = {addr!r}: expected 'host:port'")
+        return self
+
+    def failover_servers(self) -> tuple[tuple[str, int], ...]:
+        """`failover` as (host, port) pairs."""
+        out = []
+        for addr in self.failover:
+            host, _, port = addr.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return tuple(out)
+
+
+class UplinkSection(_Strict):
+    """Store-and-forward towards the broker (see `edge_agent.uplink`)."""
+
+    buffer_file: str = Field(default="uplink.db", description="relative to agent.state_dir")
+    max_mb: float = Field(default=256.0, gt=0)
+    max_age_h: float = Field(default=72.0, gt=0, description="telemetry older than this is dropped")
+    live_s: float = Field(default=10.0, gt=0, description="older messages are sent as historical")
+    window: int = Field(default=100, ge=1, le=1000)
+    replay_rate: float = Field(default=2000.0, ge=0, description="backlog msg/s; 0 = no limit")
+    batch_max: int = Field(default=1000, ge=1, description="deltas per message at most")
+    per_tag_topics: bool = Field(
+        default=False, description="one message per delta on tags/<tag> instead of batches"
+    )
 
 
 class EnsembleSection(_Strict):
@@ -108,6 +146,7 @@ class DetectorSection(_Strict):
 class Config(_Strict):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
+    uplink: UplinkSection = UplinkSection()
     model: ModelSection
     detector: DetectorSection = DetectorSection()
     drivers: list[DriverConfig] = Field(min_length=1)

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from edge_agent.agent import Agent
-from edge_agent.broker import local_broker
+from edge_agent.broker import find_mosquitto, local_broker
 from edge_agent.config import Config, ConfigError, parse_config
 from edge_agent.view import ViewState, run_view
 from hil.faults import parse_fault
@@ -105,10 +105,15 @@ async def _demo(opts: DemoOptions) -> int:
     async with contextlib.AsyncExitStack() as stack:
         rig = await stack.enter_async_context(Rig(seed=opts.seed))
         print(f"rig: OPC UA {rig.opcua_endpoint}  Modbus {rig.modbus_host}:{rig.modbus_port}")
+        overrides: dict[str, Any] = {}
         if broker is None:
             broker = await stack.enter_async_context(local_broker())
+            if find_mosquitto() is None:  # the embedded broker speaks MQTT 3.1.1 only
+                overrides["mqtt"] = {"protocol": "3.1.1"}
         print(f"broker: {broker[0]}:{broker[1]}")
-        cfg = demo_config(rig.opcua_endpoint, rig.modbus_host, rig.modbus_port, *broker)
+        cfg = demo_config(
+            rig.opcua_endpoint, rig.modbus_host, rig.modbus_port, *broker, overrides=overrides
+        )
         agent = Agent(cfg, DEMO_CONFIG)
         root = agent.reporter.prefix
         print(f"topics: {root}/#")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -48,6 +49,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = structlog.get_logger(__name__)
@@ -75,17 +78,38 @@ class MqttSettings:
     host: str
     port: int = 1883
     client_id: str = "edge-agent"
-    keepalive_s: int = 15
+    keepalive_s: int = 10
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    tls_insecure: bool = False
+    """Skip the broker certificate check (a warning is logged at start); never the default."""
+    failover: tuple[tuple[str, int], ...] = ()
+    """Further brokers tried in turn when the current one cannot be reached."""
+    protocol: str = "5"
+    """MQTT "5" (persistent session with `session_expiry_s`) or "3.1.1" (clean session)."""
+    session_expiry_s: int = 3600
     connect_timeout_s: float = 5.0
     max_queue: int = 100_000
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 10.0
+
+
+def tls_context(s: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context: TLS 1.2 or newer, broker certificate and host name verified
+    against `ca_file` (or the system store), client certificate when given."""
+    ctx = ssl.create_default_context(cafile=s.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if s.cert_file is not None:
+        ctx.load_cert_chain(s.cert_file, s.key_file, password=s.key_password)
+    if s.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def backoff_delay(
@@ -129,6 +153,10 @@ class MqttPublisher:
         self._inflight: dict[int, _Message] = {}  # paho mid -> message, current connection
         self._control: dict[int, asyncio.Future[None]] = {}  # status messages by mid
         self._seq = 0
+        self._servers = ((settings.host, settings.port), *settings.failover)
+        self._server = 0  # index into _servers of the broker tried or used now
+        self._tls: ssl.SSLContext | None = None
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._client: mqtt.Client | None = None
         self._connected = False
         self._closing = False  # no new messages accepted
@@ -160,6 +188,16 @@ class MqttPublisher:
         """Begin connecting in the background and return at once."""
         if self._task is not None:
             raise RuntimeError("publisher already started")
+        s = self._settings
+        if s.tls:
+            try:
+                self._tls = tls_context(s)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise PublishError(f"mqtt TLS settings unusable: {exc}") from None
+            if s.tls_insecure:
+                log.warning(
+                    "mqtt TLS certificate check disabled (tls_insecure); not for production"
+                )
         self._loop = asyncio.get_running_loop()
         self._connected_event = asyncio.Event()
         self._idle_event = asyncio.Event()
@@ -200,6 +238,25 @@ class MqttPublisher:
         self._update_idle()
         self._pump()
         return msg.future
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """The broker used now, or tried next."""
+        return self._servers[self._server]
+
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+        """Call `callback(topic, payload)` on the loop for every message on `topic` (a filter,
+        QoS 1); subscribed again on every connection."""
+        self._subscriptions[topic] = callback
+        client = self._client
+        if self._connected and client is not None:
+            self._add_subscription(client, topic, callback)
+
+    def republish_status(self) -> None:
+        """Publish the birth payload again now (retained), e.g. after a state change."""
+        client = self._client
+        if self._connected and client is not None:
+            client.publish(self._status_topic, self._birth_payload(), qos=1, retain=True)
 
     async def aclose(self, drain_timeout_s: float = 5.0) -> None:
         """Drain in-flight messages until the deadline, publish the retained offline status,
@@ -307,14 +364,11 @@ class MqttPublisher:
             try:
                 client = await self._connect_once()
             except _ConnectFailedError as exc:
-                if not failing:  # log the transition once, not every retry
-                    log.warning(
-                        "mqtt unavailable",
-                        host=self._settings.host,
-                        port=self._settings.port,
-                        reason=str(exc),
-                    )
+                host, port = self.server
+                if not failing or len(self._servers) > 1:  # once per outage, per broker
+                    log.warning("mqtt unavailable", host=host, port=port, reason=str(exc))
                     failing = True
+                self._server = (self._server + 1) % len(self._servers)
                 delay = backoff_delay(
                     attempt, self._settings.reconnect_min_s, self._settings.reconnect_max_s
                 )
@@ -324,10 +378,12 @@ class MqttPublisher:
             if self._stop_requested():  # aclose began while this attempt was in flight
                 self._teardown(client)
                 return
+            host, port = self.server
             log.info(
                 "mqtt connected",
-                host=self._settings.host,
-                port=self._settings.port,
+                host=host,
+                port=port,
+                protocol=self._settings.protocol,
                 attempts=attempt + 1,
                 downtime_s=round(time.monotonic() - down_since, 3),
                 queued=self.queued,
@@ -344,13 +400,21 @@ class MqttPublisher:
 
     def _new_client(self) -> mqtt.Client:
         s = self._settings
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
-        )
+        if s.protocol == "5":
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                protocol=mqtt.MQTTv5,
+                reconnect_on_failure=False,
+            )
+        else:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                clean_session=True,
+                protocol=mqtt.MQTTv311,
+                reconnect_on_failure=False,
+            )
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(INFLIGHT_WINDOW)
         client.max_queued_messages_set(0)
@@ -365,9 +429,16 @@ class MqttPublisher:
     def _blocking_connect(self, client: mqtt.Client, abandoned: threading.Event) -> None:
         """Runs in the executor: TLS setup, TCP connect, TLS handshake, CONNECT written."""
         s = self._settings
-        if s.tls:
-            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
-        client.connect(s.host, s.port, keepalive=s.keepalive_s)
+        host, port = self.server
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+            client.tls_insecure_set(s.tls_insecure)
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry_s
+            client.connect(host, port, keepalive=s.keepalive_s, clean_start=False, properties=props)
+        else:
+            client.connect(host, port, keepalive=s.keepalive_s)
         if abandoned.is_set():  # the loop gave up waiting: do not leak the socket
             sock = client.socket()
             if sock is not None:
@@ -441,11 +512,25 @@ class MqttPublisher:
         # The birth goes first on every connection; its PUBACK needs no tracking (a lost
         # connection republishes it on the next one).
         client.publish(self._status_topic, self._birth_payload(), qos=1, retain=True)
+        for topic, callback in self._subscriptions.items():
+            self._add_subscription(client, topic, callback)
         self._pump()
         while not lost.done():
             await asyncio.wait({lost}, timeout=MISC_INTERVAL_S)
             if not lost.done():
                 client.loop_misc()  # keepalive ping, and detects a silent broker
+
+    def _add_subscription(
+        self, client: mqtt.Client, topic: str, callback: Callable[[str, bytes], None]
+    ) -> None:
+        def deliver(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                callback(msg.topic, bytes(msg.payload))
+            except Exception:  # a handler bug must not take the connection down
+                log.exception("mqtt message handler failed", topic=msg.topic)
+
+        client.message_callback_add(topic, deliver)
+        client.subscribe(topic, qos=1)
 
     def _teardown(self, client: mqtt.Client) -> None:
         """Forget a connection: unregister and close its socket, requeue its messages."""

@@ -28,6 +28,10 @@ from edge_agent.alarms import AlarmEvent
 QUALITY_NAMES = ("good", "uncertain", "bad")
 
 
+def _dumps(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def _num(x: float) -> float | None:
     return round(float(x), 6) if math.isfinite(x) else None
 
@@ -51,6 +55,7 @@ class Reporter:
         self.heartbeat_s = heartbeat_s
         self.prefix = topic_prefix.rstrip("/")
         self.tag_topics = tuple(f"{self.prefix}/tags/{name}" for name in names)
+        self.deltas_topic = f"{self.prefix}/deltas"
         self.alarm_topic = f"{self.prefix}/alarms"
         self.status_topic = f"{self.prefix}/status"
         self.model_topic = f"{self.prefix}/model"
@@ -92,7 +97,7 @@ class Reporter:
         self.published += len(idx)
         return idx
 
-    def tag_payload(
+    def tag_doc(
         self,
         i: int,
         now: float,
@@ -107,9 +112,10 @@ class Reporter:
         alarm: str,
         cusum: float = math.nan,
         prediction: str = "none",
-    ) -> bytes:
-        """The JSON delta of tag `i`."""
-        doc = {
+    ) -> dict[str, object]:
+        """The delta of tag `i` as a JSON-ready dict."""
+        return {
+            "tag": self.names[i],
             "ts": round(now, 3),
             "source_ts": round(source_ts, 3),
             "value": _num(value),
@@ -123,7 +129,18 @@ class Reporter:
             "prediction": prediction,
             "alarm": alarm,
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @staticmethod
+    def tag_payload(doc: dict[str, object]) -> bytes:
+        """One delta as its own message (`per_tag_topics`)."""
+        return _dumps(doc)
+
+    def batches(self, now: float, docs: Sequence[dict[str, object]], batch_max: int) -> list[bytes]:
+        """Deltas of one tick as `deltas` messages of at most `batch_max` each."""
+        return [
+            _dumps({"ts": round(now, 3), "deltas": docs[k : k + batch_max]})
+            for k in range(0, len(docs), batch_max)
+        ]
 
     @staticmethod
     def alarm_payload(ev: AlarmEvent) -> bytes:
@@ -137,4 +154,4 @@ class Reporter:
             "reason": ev.reason,
             "contributors": [{"tag": t, "score": _num(s)} for t, s in ev.contributors],
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _dumps(doc)

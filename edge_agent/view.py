@@ -40,19 +40,24 @@ class ViewState:
         except ValueError:
             return
         self.messages += 1
-        if "/tags/" in topic:
-            name = topic.rsplit("/tags/", 1)[1]
-            prev = self.tags.get(name)
-            self.tags[name] = doc
-            src = doc.get("source_ts")
-            # Delay only for deltas that carry a new value: a heartbeat repeats an old one.
-            changed = prev is not None and prev.get("value") != doc.get("value")
-            if changed and doc.get("quality") == "good" and isinstance(src, int | float):
-                self.delays_ms.append((time.time() - src) * 1000.0)
+        if topic.endswith("/deltas"):
+            for delta in doc.get("deltas", []):
+                self._on_delta(str(delta.get("tag")), delta)
+        elif "/tags/" in topic:
+            self._on_delta(topic.rsplit("/tags/", 1)[1], doc)
         elif topic.endswith("/alarms"):
             self.events.appendleft(doc)
         elif topic.endswith("/status"):
             self.status = doc
+
+    def _on_delta(self, name: str, doc: dict[str, Any]) -> None:
+        prev = self.tags.get(name)
+        self.tags[name] = doc
+        src = doc.get("source_ts")
+        # Delay only for deltas that carry a new value: a heartbeat repeats an old one.
+        changed = prev is not None and prev.get("value") != doc.get("value")
+        if changed and doc.get("quality") == "good" and isinstance(src, int | float):
+            self.delays_ms.append((time.time() - src) * 1000.0)
 
 
 def _fmt(x: object, digits: int = 3) -> str:

@@ -9,10 +9,10 @@ from edge_agent.publish import MqttPublisher, MqttSettings
 from tests.fixtures.mqtt import MqttSub
 
 
-async def _round_trip(host: str, port: int, mqtt_sub: MqttSub) -> None:
+async def _round_trip(host: str, port: int, mqtt_sub: MqttSub, protocol: str = "5") -> None:
     sub = await mqtt_sub(host, port, "demo/#")
     pub = MqttPublisher(
-        MqttSettings(host, port, client_id="edge-agent-broker-test"),
+        MqttSettings(host, port, client_id="edge-agent-broker-test", protocol=protocol),
         status_topic="demo/status",
         birth_payload=lambda: b"online",
         will_payload=b"offline",
@@ -51,5 +51,5 @@ async def test_local_broker_falls_back_to_amqtt(mqtt_sub: MqttSub) -> None:
     """The embedded amqtt broker serves a paho QoS 1 round trip and stops on exit."""
     async with local_broker(prefer="amqtt") as (host, port):
         assert port > 0
-        await _round_trip(host, port, mqtt_sub)
+        await _round_trip(host, port, mqtt_sub, protocol="3.1.1")  # amqtt has no MQTT 5
     assert not accepts_connections(host, port)

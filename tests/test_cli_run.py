@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_agent.demo import DEMO_CONFIG
 from hil.rig import Rig
-from tests.fixtures.mqtt import Mosquitto, MqttSub, Received, poll_until
+from tests.fixtures.mqtt import Mosquitto, MqttSub, Received, deltas, poll_until
 
 
 def write_config(path: Path, rig: Rig, broker: Mosquitto) -> None:
@@ -63,7 +63,7 @@ async def test_run_notifies_systemd_logs_json_and_stops_on_sigterm(
             assert await poll_until(drain_notes, 60), notes
 
             def has_delta(msgs: list[Received]) -> bool:
-                return any("/tags/" in m.topic for m in msgs)
+                return bool(deltas(msgs))
 
             assert await sub.wait_for(has_delta, 30)
         finally:

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from edge_agent.demo import DEMO_CONFIG, demo_config
 from hil.faults import expected_tags
 from hil.rig import Rig
 from hil.tags import tags_of
-from tests.fixtures.mqtt import Collector, Mosquitto, MqttSub, Received
+from tests.fixtures.mqtt import Collector, Mosquitto, MqttSub, Received, deltas
 
 WARMUP_S = 30.0
 DETECT_S = 45.0
@@ -63,18 +64,14 @@ class Loop:
         outputs = set(self.agent.output_tags)
 
         def scored(msgs: list[Received]) -> bool:
-            seen = {
-                m.topic.rsplit("/", 1)[1]
-                for m in msgs
-                if "/tags/" in m.topic and json.loads(m.payload)["score"] is not None
-            }
+            seen = {d.tag for d in deltas(msgs) if d.doc["score"] is not None}
             return outputs <= seen
 
         assert await self.wait(scored, WARMUP_S), "model outputs never got a score"
 
 
 @pytest.fixture
-async def loop(mosquitto: Mosquitto, mqtt_sub: MqttSub) -> AsyncIterator[Loop]:
+async def loop(mosquitto: Mosquitto, mqtt_sub: MqttSub, tmp_path: Path) -> AsyncIterator[Loop]:
     """Rig + agent + subscriber, the agent configured from the demo config."""
     async with Rig(seed=7) as rig:
         cfg = demo_config(
@@ -83,7 +80,7 @@ async def loop(mosquitto: Mosquitto, mqtt_sub: MqttSub) -> AsyncIterator[Loop]:
             rig.modbus_port,
             mosquitto.host,
             mosquitto.port,
-            overrides={"agent": {"id": "it"}},
+            overrides={"agent": {"id": "it", "state_dir": str(tmp_path)}},
         )
         agent = Agent(cfg, DEMO_CONFIG)
         root = agent.reporter.prefix
@@ -104,10 +101,7 @@ async def test_normal_operation_raises_no_alarm(loop: Loop) -> None:
     await loop.wait_scored()
     await asyncio.sleep(NORMAL_S)
     assert loop.alarms() == []
-    latest = {}
-    for m in loop.sub.snapshot():
-        if "/tags/" in m.topic:
-            latest[m.topic.rsplit("/", 1)[1]] = json.loads(m.payload)
+    latest = {d.tag: d.doc for d in deltas(loop.sub.snapshot())}
     assert set(latest) == {t.name for t in tags_of("process") + tags_of("drive")}
     assert all(d["quality"] == "good" for d in latest.values())
     for tag in loop.agent.output_tags:
@@ -151,11 +145,7 @@ async def test_plc_restart_alarms_and_recovers(loop: Loop, plc: str) -> None:
         cleared = {
             a["tag"] for a in loop.alarms() if a["event"] == "cleared" and a["kind"] == "quality"
         }
-        good = {
-            m.topic.rsplit("/", 1)[1]
-            for m in msgs[n_before:]
-            if "/tags/" in m.topic and json.loads(m.payload)["quality"] == "good"
-        }
+        good = {d.tag for d in deltas(msgs[n_before:]) if d.doc["quality"] == "good"}
         return tags <= cleared and tags <= good
 
     assert await loop.wait(recovered, RECOVER_S), loop.alarms()
@@ -174,7 +164,7 @@ async def test_broker_restart_deltas_flow_again(loop: Loop) -> None:
     n = len(loop.sub.snapshot())
 
     def flowing(msgs: list[Received]) -> bool:
-        return sum("/tags/" in m.topic for m in msgs[n:]) >= 20
+        return len(deltas(msgs[n:])) >= 20
 
     assert await loop.wait(flowing, RECOVER_S)
     assert loop.agent.publisher.counters["connects"] >= 2
@@ -185,21 +175,16 @@ async def test_nan_from_plc_is_published_bad_and_does_not_poison_the_model(loop:
     running, and once the value is good again the prediction is finite and nothing else alarms."""
     await loop.wait_scored()
     loop.rig.inject("bad-value", tag="fluid_temp", value=math.nan)
-    topic = f"{loop.root}/tags/fluid_temp"
 
     def bad(msgs: list[Received]) -> bool:
         return any(
-            m.topic == topic
-            and json.loads(m.payload)["quality"] == "bad"
-            and json.loads(m.payload)["reason"] == "nan"
-            for m in msgs
+            d.doc["quality"] == "bad" and d.doc["reason"] == "nan"
+            for d in deltas(msgs, "fluid_temp")
         )
 
     assert await loop.wait(bad, QUALITY_S)
     bad_doc = next(
-        json.loads(m.payload)
-        for m in loop.sub.snapshot()
-        if m.topic == topic and json.loads(m.payload)["quality"] == "bad"
+        d.doc for d in deltas(loop.sub.snapshot(), "fluid_temp") if d.doc["quality"] == "bad"
     )
     assert bad_doc["value"] is None and bad_doc["score"] is None
     assert await loop.wait(
@@ -208,7 +193,7 @@ async def test_nan_from_plc_is_published_bad_and_does_not_poison_the_model(loop:
     loop.rig.clear_faults()
     await loop.wait_scored()
     await asyncio.sleep(5)
-    last = [json.loads(m.payload) for m in loop.sub.snapshot() if m.topic == topic][-1]
+    last = deltas(loop.sub.snapshot(), "fluid_temp")[-1].doc
     assert last["quality"] == "good" and math.isfinite(last["predicted"])
     assert loop.raised("anomaly") == []
 
@@ -217,16 +202,17 @@ async def test_out_of_range_value_is_bad(loop: Loop) -> None:
     """A finite value outside the tag's configured range is published BAD with reason 'range'."""
     await loop.wait_scored()
     loop.rig.inject("bad-value", tag="motor_current", value=1e6)
-    topic = f"{loop.root}/tags/motor_current"
 
     def bad(msgs: list[Received]) -> bool:
-        return any(m.topic == topic and json.loads(m.payload)["reason"] == "range" for m in msgs)
+        return any(d.doc["reason"] == "range" for d in deltas(msgs, "motor_current"))
 
     assert await loop.wait(bad, QUALITY_S)
     assert loop.agent.image.bad_counts["range"] > 0
 
 
-async def test_plc_down_at_start_is_picked_up(mosquitto: Mosquitto, mqtt_sub: MqttSub) -> None:
+async def test_plc_down_at_start_is_picked_up(
+    mosquitto: Mosquitto, mqtt_sub: MqttSub, tmp_path: Path
+) -> None:
     """A PLC that is down when the agent starts is reported BAD and picked up when it appears."""
     async with Rig(seed=3) as rig:
         await rig.modbus.stop()
@@ -236,18 +222,17 @@ async def test_plc_down_at_start_is_picked_up(mosquitto: Mosquitto, mqtt_sub: Mq
             rig.modbus_port,
             mosquitto.host,
             mosquitto.port,
-            overrides={"agent": {"id": "late"}},
+            overrides={"agent": {"id": "late", "state_dir": str(tmp_path)}},
         )
         agent = Agent(cfg, DEMO_CONFIG)
         sub = await mqtt_sub(mosquitto.host, mosquitto.port, f"{agent.reporter.prefix}/#")
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        topic = f"{agent.reporter.prefix}/tags/motor_current"
         try:
 
             def seen(quality: str) -> Callable[[list[Received]], bool]:
                 return lambda msgs: any(
-                    m.topic == topic and json.loads(m.payload)["quality"] == quality for m in msgs
+                    d.doc["quality"] == quality for d in deltas(msgs, "motor_current")
                 )
 
             assert await sub.wait_for(seen("bad"), QUALITY_S)
@@ -259,14 +244,14 @@ async def test_plc_down_at_start_is_picked_up(mosquitto: Mosquitto, mqtt_sub: Mq
 
 
 async def test_authored_model_with_ensemble_publishes_estimates(
-    mosquitto: Mosquitto, mqtt_sub: MqttSub
+    mosquitto: Mosquitto, mqtt_sub: MqttSub, tmp_path: Path
 ) -> None:
     """The loop model authored through the public API (kind = "spec") runs in the agent with
     an ensemble: the retained `model` topic carries parameter estimates, deltas carry both
     scores, and normal operation raises no alarm."""
     async with Rig(seed=9) as rig:
         overrides: dict[str, Any] = {
-            "agent": {"id": "spec"},
+            "agent": {"id": "spec", "state_dir": str(tmp_path)},
             "model": {
                 "kind": "spec",
                 "spec": "../models/process/units/water_loop.toml",
@@ -291,6 +276,6 @@ async def test_authored_model_with_ensemble_publishes_estimates(
     assert models, "no model estimate published"
     eff = models[-1]["params"]["pump_efficiency_frac"]
     assert 0.1 <= eff["estimate"] <= 0.9 and eff["std"] >= 0 and eff["unit"]
-    flow = loop.docs("tags/flow")[-1]
+    flow = deltas(loop.sub.snapshot(), "flow")[-1].doc
     assert flow["prediction"] == "good" and isinstance(flow["cusum"], float)
     assert loop.raised("anomaly") == []

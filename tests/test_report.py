@@ -62,17 +62,31 @@ def test_payload_is_json_with_nulls_for_nan() -> None:
     r = rep()
     p = json.loads(
         r.tag_payload(
-            0,
-            1.0,
-            value=float("nan"),
-            source_ts=1.0,
-            quality=2,
-            reason="comm",
-            predicted=2.0,
-            residual=float("nan"),
-            score=float("nan"),
-            alarm="quality",
+            r.tag_doc(
+                0,
+                1.0,
+                value=float("nan"),
+                source_ts=1.0,
+                quality=2,
+                reason="comm",
+                predicted=2.0,
+                residual=float("nan"),
+                score=float("nan"),
+                alarm="quality",
+            )
         )
     )
     assert p["value"] is None and p["quality"] == "bad" and p["predicted"] == 2.0
+    assert p["tag"] == "a"
     assert r.tag_topics[0] == "p/x/tags/a"
+
+
+def test_batches_split_a_tick_at_batch_max() -> None:
+    """The deltas of one tick go out in messages of at most batch_max deltas, in tag order."""
+    r = Reporter([f"t{i}" for i in range(5)], [""] * 5, [0.0] * 5, heartbeat_s=1, topic_prefix="p")
+    docs: list[dict[str, object]] = [{"tag": f"t{i}", "value": i} for i in range(5)]
+    bodies = [json.loads(b) for b in r.batches(7.0, docs, 2)]
+    assert [len(b["deltas"]) for b in bodies] == [2, 2, 1]
+    assert [d["tag"] for b in bodies for d in b["deltas"]] == [f"t{i}" for i in range(5)]
+    assert all(b["ts"] == 7.0 for b in bodies)
+    assert r.deltas_topic == "p/deltas"

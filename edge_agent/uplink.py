@@ -1,0 +1,217 @@
+"""Store-and-forward: every outbound message goes to the durable buffer, then to the broker.
+
+`Uplink.submit` (called from the tick, synchronous) appends messages to the `Buffer`; `run`
+moves them to the `MqttPublisher` and deletes each from the buffer only after its PUBACK. So a
+message the agent accepted survives a broker outage, a network outage and a crash or kill of
+the agent (the next start sends what is still stored); a power cut can cost the buffer's last
+sync interval (see `edge_agent.buffer`).
+
+Envelope: the stored payload is a JSON object; on the way out it gets, in front of its own
+fields, `"v"` (payload format version), `"agent_id"`, `"stream"`, `"seq"` (per stream, counting
+across restarts), `"run"` (the buffer run that appended it: a reused `seq` after a power cut
+has a different `run`) and `"historical"` (true when the message is a replay: appended before
+the current start, or older than `live_s` when sent). A consumer detects a gap as a missing
+`seq` and discards the duplicates that at-least-once delivery allows as a repeated
+`(stream, run, seq)`.
+
+Lanes: live messages (at most `live_s` old) go first, each round; the backlog after an outage
+is replayed in append order in the remaining room of the in-flight window, at most
+`replay_rate` messages per second, so live data stays fresh while the backlog drains. Within
+each lane messages leave in order; across lanes a consumer orders by `seq`.
+
+Counters (for the metrics endpoint to come): `counters` (submitted, sent, acked, released,
+commit_errors) and the buffer's drop counters; `backlog()` and `state()` (``online``,
+``draining``) for the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from edge_agent.buffer import Buffer, BufferStoreError, Entry, NewEntry
+from edge_agent.publish import MqttPublisher, PublishError
+
+log = structlog.get_logger(__name__)
+
+PAYLOAD_VERSION = 1
+COMMIT_DELAY_S = 0.02
+"""Acknowledged ids are deleted from the buffer in batches, at most this long after PUBACK."""
+IDLE_WAKE_S = 0.5
+"""The forwarder re-checks the buffer this often even when nothing new arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    window: int = 100
+    """Messages handed to the publisher and not yet acknowledged, at most."""
+    replay_rate: float = 2000.0
+    """Backlog messages per second at most while draining (0: no limit)."""
+
+
+class Uplink:
+    """Durable buffer in front of the publisher; see the module docstring."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        publisher: MqttPublisher,
+        *,
+        agent_id: str,
+        settings: UplinkSettings = UplinkSettings(),
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        if buffer.live_s is None:
+            raise ValueError("the uplink needs a buffer with live_s set")
+        self.buffer = buffer
+        self.publisher = publisher
+        self.settings = settings
+        self._agent = json.dumps(agent_id)
+        self._on_state = on_state
+        self._outstanding: dict[int, Entry] = {}
+        self._acked: list[int] = []
+        self._commit_handle: asyncio.TimerHandle | None = None
+        self._wake: asyncio.Event | None = None
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self._state = "online"
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("submitted", "sent", "acked", "released", "store_errors"), 0
+        )
+
+    # ---------------------------------------------------------------- producer side
+
+    def submit(self, items: Sequence[NewEntry]) -> None:
+        """Store messages durably (synchronous: one transaction); the forwarder sends them."""
+        if not items:
+            return
+        try:
+            self.buffer.append_many(items)
+        except BufferStoreError as exc:
+            # The disk failed under us: counted and logged; the tick must go on.
+            self.counters["store_errors"] += 1
+            log.error("buffer append failed", error=str(exc), messages=len(items))
+            return
+        self.counters["submitted"] += len(items)
+        if self._wake is not None:
+            self._wake.set()
+
+    def backlog(self) -> int:
+        """Messages stored and not yet acknowledged."""
+        return self.buffer.pending() + self.buffer.in_flight()
+
+    def state(self) -> str:
+        """``draining`` while historical messages are being replayed, else ``online``."""
+        return self._state
+
+    # ---------------------------------------------------------------- forwarder
+
+    async def run(self) -> None:
+        """Forward until cancelled; acknowledged ids are committed before returning."""
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                await self._wait_for_work()
+                self._forward_once()
+        finally:
+            self._commit_now()
+
+    async def _wait_for_work(self) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IDLE_WAKE_S):
+                await self._wake.wait()
+        self._wake.clear()
+        if not self.publisher.connected:
+            await self.publisher.wait_connected(IDLE_WAKE_S)
+
+    def _forward_once(self) -> None:
+        if not self.publisher.connected:
+            return
+        room = self.settings.window - len(self._outstanding)
+        if room <= 0:
+            return
+        batch = self.buffer.take(room, lane="live")
+        room -= len(batch)
+        if room > 0:
+            allowance = room if self.settings.replay_rate <= 0 else min(room, self._replay_tokens())
+            if allowance > 0:
+                old = self.buffer.take(allowance, lane="backlog")
+                self._tokens -= len(old)
+                batch.extend(old)
+        self._set_state("draining" if self.buffer.has_historical() else "online")
+        for entry in batch:
+            try:
+                fut = self.publisher.publish(entry.topic, self.frame(entry), retain=entry.retain)
+            except PublishError:
+                self.buffer.release([entry.id])
+                self.counters["released"] += 1
+                continue
+            self._outstanding[entry.id] = entry
+            fut.add_done_callback(functools.partial(self._done, entry.id))
+            self.counters["sent"] += 1
+
+    def _replay_tokens(self) -> int:
+        now = time.monotonic()
+        rate = self.settings.replay_rate
+        self._tokens = min(rate, self._tokens + (now - self._last_refill) * rate)
+        self._last_refill = now
+        return int(self._tokens)
+
+    def frame(self, entry: Entry) -> bytes:
+        """The stored JSON object with the envelope fields in front."""
+        head = (
+            f'{{"v":{PAYLOAD_VERSION},"agent_id":{self._agent},"stream":"{entry.stream}",'
+            f'"seq":{entry.seq},"run":"{entry.run}",'
+            f'"historical":{"true" if entry.historical else "false"}'
+        ).encode()
+        body = entry.payload
+        if body == b"{}":
+            return head + b"}"
+        return head + b"," + body[1:]
+
+    def _done(self, entry_id: int, fut: asyncio.Future[None]) -> None:
+        self._outstanding.pop(entry_id, None)
+        if fut.cancelled() or fut.exception() is not None:
+            # Closed or dropped before PUBACK: it stays in the buffer for the next attempt.
+            with contextlib.suppress(BufferStoreError):
+                self.buffer.release([entry_id])
+            self.counters["released"] += 1
+        else:
+            self._acked.append(entry_id)
+            self.counters["acked"] += 1
+            if self._commit_handle is None:
+                loop = asyncio.get_running_loop()
+                self._commit_handle = loop.call_later(COMMIT_DELAY_S, self._commit_now)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _commit_now(self) -> None:
+        self._commit_handle = None
+        if not self._acked:
+            return
+        ids, self._acked = self._acked, []
+        try:
+            self.buffer.commit(ids)
+        except BufferStoreError as exc:
+            # They will be sent again after a restart (duplicates, not loss).
+            self.counters["store_errors"] += 1
+            log.error("buffer commit failed", error=str(exc), messages=len(ids))
+
+    def _set_state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        log.info("uplink " + state, backlog=self.backlog())
+        if self._on_state is not None:
+            self._on_state(state)
+
+
+__all__ = ["PAYLOAD_VERSION", "Uplink", "UplinkSettings"]
