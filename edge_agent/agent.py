@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -36,14 +37,18 @@ from edge_agent.config import (
     DEFAULT_SPEC,
     Config,
     ConfigError,
+    TagBase,
     config_hash,
     resolve,
 )
+from edge_agent.control import Downlink
 from edge_agent.image import ProcessImage
 from edge_agent.learn import Learner
 from edge_agent.notify import Notifier
 from edge_agent.publish import MqttPublisher, MqttSettings
 from edge_agent.report import Reporter
+from edge_agent.sparkplug.session import SparkplugSession
+from edge_agent.trust import TrustStoreError
 from edge_agent.uplink import Uplink, UplinkSettings
 from models.anomaly.detector import OnnxDetector
 from models.base import ProcessModel
@@ -108,6 +113,13 @@ STREAMS = {
     "model": StreamPolicy("events"),
 }
 """The uplink's streams: tag deltas may be dropped when the buffer is full, events never first."""
+
+
+def _params_hash(model: ProcessModel) -> str | None:
+    """Short hash of an authored model's running parameter vector (None for an FMU)."""
+    if not isinstance(model, SpecModel):
+        return None
+    return hashlib.sha256(np.ascontiguousarray(model._ens.params).tobytes()).hexdigest()[:16]
 
 
 def _env(name: str | None) -> str | None:
@@ -185,6 +197,8 @@ class Agent:
         self._out_set = {int(i) for i in self._out_pos}
         self._tag_of_output = dict(zip(self.model.output_names, self.output_tags, strict=True))
         self.config_hash = config_hash(cfg_path)
+        self.state_dir = resolve(cfg_path, cfg.agent.state_dir) or cfg_path.parent
+        self.sparkplug = self._build_sparkplug(tags)
         m = cfg.mqtt
         self.publisher = MqttPublisher(
             MqttSettings(
@@ -204,13 +218,14 @@ class Agent:
                 key_password=_env(m.key_password_env),
                 tls_insecure=m.tls_insecure,
                 max_queue=4 * cfg.uplink.window + 16,
+                resend_after_reconnect=self.sparkplug is None,
             ),
             status_topic=self.reporter.status_topic,
             birth_payload=lambda: self.status_payload(self.uplink.state()),
             will_payload=self.status_payload("offline"),
+            session=None if self.sparkplug is None else self.sparkplug.hooks(),
         )
         u = cfg.uplink
-        self.state_dir = resolve(cfg_path, cfg.agent.state_dir) or cfg_path.parent
         self.buffer = Buffer(
             self.state_dir / u.buffer_file,
             max_bytes=int(u.max_mb * 1024 * 1024),
@@ -224,7 +239,14 @@ class Agent:
             agent_id=cfg.agent.id,
             settings=UplinkSettings(window=u.window, replay_rate=u.replay_rate),
             on_state=lambda _state: self.publisher.republish_status(),
+            framer=None if self.sparkplug is None else self.sparkplug.frame,
+            ready=None if self.sparkplug is None else self.sparkplug.ready,
         )
+        if self.sparkplug is not None:
+            self.sparkplug.attach(self.publisher)
+        self.reload_requested = False
+        self._stop: asyncio.Event | None = None
+        self.downlink = self._build_downlink()
         self.notifier = Notifier()
         self.stats = TickStats()
         self.last: CompareResult | None = None
@@ -263,6 +285,54 @@ class Agent:
             drift_window_s=ens.drift_window_s,
         )
 
+    def _build_sparkplug(self, tags: list[tuple[str, TagBase]]) -> SparkplugSession | None:
+        sp = self.cfg.sparkplug
+        if not sp.enabled:
+            return None
+        devices: dict[str, list[tuple[str, str]]] = {}
+        for driver, tag in tags:
+            devices.setdefault(driver, []).append((tag.name, tag.unit))
+        self._device_of_tag = {tag.name: driver for driver, tag in tags}
+        return SparkplugSession(
+            group_id=sp.group_id,
+            edge_node_id=sp.edge_node_id or self.cfg.agent.id,
+            primary_host_id=sp.primary_host_id,
+            devices=devices,
+            state_file=self.state_dir / "sparkplug.json",
+            agent_id=self.cfg.agent.id,
+        )
+
+    def _build_downlink(self) -> Downlink | None:
+        if not self.cfg.downlink.enabled:
+            return None
+        try:
+            downlink = Downlink(self)
+        except TrustStoreError as exc:
+            raise ConfigError(self.cfg_path, [f"downlink.trust_dir: {exc}"]) from None
+        downlink.restore()
+        return downlink
+
+    def set_detector(self, detector: OnnxDetector) -> None:
+        """Run `detector` from the next tick on (same tags and window as the one it replaces)."""
+        self.detector = detector
+        self.comparator.detector = detector
+        self.alarms.raise_level = detector.raise_level
+        self.alarms.clear_level = detector.clear_level
+        self.publisher.republish_status()
+
+    def set_model(self, model: ProcessModel) -> None:
+        """Run `model` from the next tick on (same inputs and outputs as the one it replaces)."""
+        self.model = model
+        self.comparator.model = model
+        self.publisher.republish_status()
+
+    def request_reload(self) -> None:
+        """Stop after this tick so that the command line starts again on the config file."""
+        log.info("config reload requested")
+        self.reload_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
     def request_resync(self) -> None:
         """Re-synchronise the model state from measurements on the next tick."""
         log.info("model resync requested")
@@ -271,12 +341,18 @@ class Agent:
     def status_payload(self, state: str) -> bytes:
         """The retained status document (also the last will with state "offline")."""
         doc = {
+            "v": 1,
             "state": state,
             "agent_id": self.cfg.agent.id,
             "version": __version__,
             "ts": round(time.time(), 3),
             "config_hash": self.config_hash,
-            "model": {"kind": self.cfg.model.kind, "outputs": list(self.output_tags)},
+            "model": {
+                "kind": self.cfg.model.kind,
+                "name": self.spec.name if self.spec is not None else self.cfg.model.kind,
+                "outputs": list(self.output_tags),
+                "parameters_sha256": _params_hash(self.model),
+            },
             "detector": None
             if self.detector is None
             else {
@@ -285,6 +361,8 @@ class Agent:
                 "version": self.detector.metadata.get("format_version", ""),
             },
         }
+        if state != "offline":  # the will is built once, before anything is buffered
+            doc["uplink"] = {"backlog": self.uplink.backlog()}
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def tick(self, now: float) -> None:
@@ -292,6 +370,8 @@ class Agent:
         img = self.image
         res = self.comparator.tick(now)
         self.last = res
+        if self.downlink is not None:
+            self.downlink.observe(res.residual)
         n = len(img.names)
         predicted = np.full(n, np.nan)
         residual = np.full(n, np.nan)
@@ -342,6 +422,16 @@ class Agent:
                 )
                 for d in docs
             )
+        elif self.sparkplug is not None and docs:
+            by_device: dict[str, list[dict[str, object]]] = {}
+            for d in docs:
+                by_device.setdefault(self._device_of_tag[str(d["tag"])], []).append(d)
+            topics = self.sparkplug.device_topics
+            out.extend(
+                NewEntry("deltas", topics[device], body, ts=now)
+                for device, group in by_device.items()
+                for body in rep.batches(now, group, self.cfg.uplink.batch_max)
+            )
         elif docs:
             out.extend(
                 NewEntry("deltas", rep.deltas_topic, body, ts=now)
@@ -382,6 +472,9 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order (sources first)."""
+        self._stop = stop
+        if self.downlink is not None:
+            self.downlink.start()
         await self.publisher.start()
         try:
             async with asyncio.TaskGroup() as tg:

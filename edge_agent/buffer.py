@@ -22,9 +22,9 @@ Bounds and drop policy (every drop is counted in `counters`, by reason):
         refused, also counted as ``events_full``;
       - an entry larger than `max_bytes` is refused (``oversize``).
     Nothing in flight is ever dropped. Telemetry older than `max_age_s` (by its `ts`, against
-    `clock`) is dropped on every `take` and before making room (``age``); events have no age
-    bound, only the byte bound. A refused or dropped entry still used up its sequence number,
-    so a receiver sees the loss as a gap.
+    `clock`) is dropped by `take` (at most once a second of `clock`) and before making room
+    (``age``); events have no age bound, only the byte bound. A refused or dropped entry still
+    used up its sequence number, so a receiver sees the loss as a gap.
     A warning (``buffer high``) is logged once when usage reaches 80 % of `max_bytes`; it is
     re-armed (``buffer below high-water``) once usage fell below 70 %, so a buffer hovering at
     the line does not flood the log.
@@ -83,6 +83,10 @@ HIGH_WATER = 0.8
 
 REARM_WATER = 0.7
 """Usage fraction below which the high-water warning is re-armed."""
+
+EXPIRE_EVERY_S = 1.0
+"""`take` drops telemetry past `max_age_s` at most this often (appends that need room always
+expire first)."""
 
 StreamKind = Literal["telemetry", "events"]
 
@@ -196,6 +200,7 @@ class Buffer:
         self._in_flight: set[int] = set()
         self._high = False
         self._last_sync = time.monotonic()
+        self._last_expire = -float("inf")
         self.counters: dict[str, int] = {
             "telemetry_oldest": 0,
             "telemetry_refused": 0,
@@ -329,6 +334,7 @@ class Buffer:
                         size=size,
                         is_event=is_event,
                     )
+                    self._save_seqs((stream,))
             except sqlite3.Error as exc:
                 self._reload_totals()
                 raise BufferStoreError(f"append failed: {exc}") from exc
@@ -344,26 +350,54 @@ class Buffer:
                 raise KeyError(f"unknown stream {item.stream!r}")
             prepared.append((item, policy.kind == "events"))
         now = self._clock()
+        sizes = [entry_size(item.topic, item.payload) for item, _ in prepared]
         with self._lock:
             try:
                 with self._tx():
-                    seqs = [
-                        self._append_locked(
-                            item.stream,
-                            topic=item.topic,
-                            payload=item.payload,
-                            retain=item.retain,
-                            when=now if item.ts is None else item.ts,
-                            size=entry_size(item.topic, item.payload),
-                            is_event=is_event,
-                        )
-                        for item, is_event in prepared
-                    ]
+                    if self._bytes + sum(sizes) <= self.max_bytes:
+                        seqs = self._insert_all(prepared, sizes, now)  # the common case
+                    else:
+                        seqs = [
+                            self._append_locked(
+                                item.stream,
+                                topic=item.topic,
+                                payload=item.payload,
+                                retain=item.retain,
+                                when=now if item.ts is None else item.ts,
+                                size=size,
+                                is_event=is_event,
+                            )
+                            for (item, is_event), size in zip(prepared, sizes, strict=True)
+                        ]
+                    self._save_seqs({item.stream for item, _ in prepared})
             except sqlite3.Error as exc:
                 self._reload_totals()
                 raise BufferStoreError(f"append failed: {exc}") from exc
             self._after_write()
             return seqs
+
+    def _insert_all(
+        self, prepared: Sequence[tuple[NewEntry, bool]], sizes: Sequence[int], now: float
+    ) -> list[int]:
+        """Everything fits: one INSERT for all rows (inside the caller's transaction)."""
+        seqs: list[int] = []
+        rows = []
+        for (item, is_event), size in zip(prepared, sizes, strict=True):
+            seq = self._next_seq.get(item.stream, 0)
+            self._next_seq[item.stream] = seq + 1
+            seqs.append(seq)
+            when = now if item.ts is None else item.ts
+            rows.append((item.stream, seq, item.topic, item.payload, int(item.retain), when,
+                         size, int(is_event), self._epoch, self.run))  # fmt: skip
+        self._db.executemany(
+            "INSERT INTO messages "
+            "(stream, seq, topic, payload, retain, ts, size, is_event, epoch, run) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        self._count += len(rows)
+        self._bytes += sum(sizes)
+        return seqs
 
     def _append_locked(
         self,
@@ -379,11 +413,6 @@ class Buffer:
         """One append inside the caller's transaction (totals are fixed up if it rolls back)."""
         db = self._db
         seq = self._next_seq.get(stream, 0)
-        db.execute(
-            "INSERT INTO streams (stream, next_seq) VALUES (?, ?) "
-            "ON CONFLICT (stream) DO UPDATE SET next_seq = excluded.next_seq",
-            (stream, seq + 1),
-        )
         stored = size <= self.max_bytes
         if not stored:
             self.counters["oversize"] += 1
@@ -412,6 +441,14 @@ class Buffer:
             self._bytes += size
         self._next_seq[stream] = seq + 1
         return seq
+
+    def _save_seqs(self, streams: Iterable[str]) -> None:
+        """Persist the next sequence number of `streams` (inside the caller's transaction)."""
+        self._db.executemany(
+            "INSERT INTO streams (stream, next_seq) VALUES (?, ?) "
+            "ON CONFLICT (stream) DO UPDATE SET next_seq = excluded.next_seq",
+            [(st, self._next_seq[st]) for st in streams],
+        )
 
     def _reload_totals(self) -> None:
         """Re-read counts and sequence numbers after a rolled-back transaction."""
@@ -473,8 +510,11 @@ class Buffer:
             raise ValueError("lanes need live_s")
         with self._lock:
             try:
-                with self._tx():
-                    self._expire_locked()
+                wall = self._clock()
+                if abs(wall - self._last_expire) >= EXPIRE_EVERY_S:
+                    self._last_expire = wall
+                    with self._tx():
+                        self._expire_locked()
                 self._check_water()
                 now = self._clock()
                 out: list[Entry] = []

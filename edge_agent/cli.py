@@ -95,8 +95,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, json=True if args.log_json else None)
     cfg, path = _load_or_exit(args.config)
     agent = _build_or_exit(cfg, path)
-    asyncio.run(_run_until_signal(agent))
-    return 0
+    while True:
+        asyncio.run(_run_until_signal(agent))
+        if not getattr(agent, "reload_requested", False):
+            return 0
+        # A reload command (already validated against the file): start again on the new
+        # config; if it no longer builds (e.g. its model file changed since), on the old one.
+        try:
+            new_cfg, path = _load_or_exit(args.config)
+            agent = _build_or_exit(new_cfg, path)
+            cfg = new_cfg
+        except SystemExit:
+            print(
+                "error: reloaded config unusable, continuing with the previous one", file=sys.stderr
+            )
+            agent = _build_or_exit(cfg, path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

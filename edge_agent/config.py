@@ -108,6 +108,38 @@ class UplinkSection(_Strict):
     )
 
 
+def _unsigned_default() -> list[Literal["rebirth", "reload-config"]]:
+    return ["rebirth"]
+
+
+class DownlinkSection(_Strict):
+    """Commands from upstream (see `edge_agent.control` and `edge_agent.downlink`)."""
+
+    enabled: bool = False
+    trust_dir: str = Field(
+        default="trust", description="folder of Ed25519 public keys (<key id>.pub)"
+    )
+    max_bytes: int = Field(default=1_048_576, ge=256)
+    unsigned: list[Literal["rebirth", "reload-config"]] = Field(
+        default_factory=_unsigned_default, description="commands accepted without signature"
+    )
+    max_lifetime_s: int = Field(default=86_400, ge=1)
+    clock_skew_s: int = Field(default=300, ge=0)
+
+
+class SparkplugSection(_Strict):
+    """Tag deltas as Sparkplug B DDATA (see `edge_agent.sparkplug.session`)."""
+
+    enabled: bool = False
+    group_id: str = Field(default="edge-agent", pattern=r"^[^/#+]+$")
+    edge_node_id: str | None = Field(
+        default=None, pattern=r"^[^/#+]+$", description="default: agent.id"
+    )
+    primary_host_id: str | None = Field(
+        default=None, pattern=r"^[^/#+]+$", description="hold data while this host is offline"
+    )
+
+
 class EnsembleSection(_Strict):
     """Parameter variants stepped beside the nominal model and calibrated online."""
 
@@ -147,6 +179,8 @@ class Config(_Strict):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
     uplink: UplinkSection = UplinkSection()
+    downlink: DownlinkSection = DownlinkSection()
+    sparkplug: SparkplugSection = SparkplugSection()
     model: ModelSection
     detector: DetectorSection = DetectorSection()
     drivers: list[DriverConfig] = Field(min_length=1)

@@ -42,7 +42,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,26 @@ class PublisherClosedError(PublishError):
     """The publisher was closed (or is closing) before the message was acknowledged."""
 
 
+class ConnectionLostError(PublishError):
+    """The link dropped before the PUBACK and the settings say not to resend."""
+
+
+RawMessage = tuple[str, bytes, int, bool]
+"""(topic, payload, qos, retain) of a message outside the tracked queue."""
+
+
+@dataclass(frozen=True)
+class SessionHooks:
+    """Per-connection behaviour for protocols with session state (Sparkplug B)."""
+
+    will: Callable[[], RawMessage]
+    """Called before every CONNECT: the last will of that connection (replaces the status will)."""
+    births: Callable[[], Sequence[RawMessage]]
+    """Called after every CONNACK: published before any queued message."""
+    lost: Callable[[], None]
+    """Called when a connection is lost or closed."""
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     """Where and how to connect. `password` is never logged (it is excluded from repr)."""
@@ -90,6 +110,9 @@ class MqttSettings:
     """Skip the broker certificate check (a warning is logged at start); never the default."""
     failover: tuple[tuple[str, int], ...] = ()
     """Further brokers tried in turn when the current one cannot be reached."""
+    resend_after_reconnect: bool = True
+    """False: messages not acknowledged when the link drops fail (`ConnectionLostError`) instead
+    of being sent again on the next connection (for payloads bound to one session)."""
     protocol: str = "5"
     """MQTT "5" (persistent session with `session_expiry_s`) or "3.1.1" (clean session)."""
     session_expiry_s: int = 3600
@@ -141,6 +164,7 @@ class MqttPublisher:
         birth_payload: Callable[[], bytes],
         will_payload: bytes,
         offline_payload: bytes | None = None,
+        session: SessionHooks | None = None,
     ) -> None:
         if settings.max_queue < 1:
             raise ValueError("max_queue must be at least 1")
@@ -149,6 +173,7 @@ class MqttPublisher:
         self._birth_payload = birth_payload
         self._will_payload = will_payload
         self._offline_payload = will_payload if offline_payload is None else offline_payload
+        self._session = session
         self._pending: deque[_Message] = deque()  # not on the current connection, by seq
         self._inflight: dict[int, _Message] = {}  # paho mid -> message, current connection
         self._control: dict[int, asyncio.Future[None]] = {}  # status messages by mid
@@ -251,6 +276,19 @@ class MqttPublisher:
         client = self._client
         if self._connected and client is not None:
             self._add_subscription(client, topic, callback)
+
+    def publish_raw(self, messages: Sequence[RawMessage]) -> None:
+        """Publish now, untracked (no future, not resent), if connected; else drop them."""
+        client = self._client
+        if self._connected and client is not None:
+            for topic, payload, qos, retain in messages:
+                client.publish(topic, payload, qos=qos, retain=retain)
+
+    def drop_connection(self) -> None:
+        """Close the current connection (it is re-established with backoff)."""
+        client = self._client
+        if self._connected and client is not None:
+            client.disconnect()
 
     def republish_status(self) -> None:
         """Publish the birth payload again now (retained), e.g. after a state change."""
@@ -420,7 +458,11 @@ class MqttPublisher:
         client.max_queued_messages_set(0)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
-        client.will_set(self._status_topic, self._will_payload, qos=1, retain=True)
+        if self._session is not None:
+            topic, payload, qos, retain = self._session.will()
+            client.will_set(topic, payload, qos=qos, retain=retain)
+        else:
+            client.will_set(self._status_topic, self._will_payload, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -512,6 +554,8 @@ class MqttPublisher:
         # The birth goes first on every connection; its PUBACK needs no tracking (a lost
         # connection republishes it on the next one).
         client.publish(self._status_topic, self._birth_payload(), qos=1, retain=True)
+        if self._session is not None:
+            self.publish_raw(self._session.births())
         for topic, callback in self._subscriptions.items():
             self._add_subscription(client, topic, callback)
         self._pump()
@@ -596,11 +640,16 @@ class MqttPublisher:
                 clean=self._stopping,
                 in_flight=len(self._inflight),
             )
-        self._requeue_inflight()
+        if self._settings.resend_after_reconnect:
+            self._requeue_inflight()
+        else:
+            self._fail_all(ConnectionLostError("connection lost before the broker acknowledged"))
         for fut in self._control.values():
             if not fut.done():
                 fut.set_exception(PublishError("connection lost"))
         self._control.clear()
+        if self._session is not None:
+            self._session.lost()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 
@@ -648,10 +697,13 @@ class _ConnectFailedError(Exception):
 
 
 __all__ = [
+    "ConnectionLostError",
     "MessageDroppedError",
     "MqttPublisher",
     "MqttSettings",
     "PublishError",
     "PublisherClosedError",
+    "RawMessage",
+    "SessionHooks",
     "backoff_delay",
 ]

@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 PAYLOAD_VERSION = 1
 COMMIT_DELAY_S = 0.02
 """Acknowledged ids are deleted from the buffer in batches, at most this long after PUBACK."""
+HISTORICAL_CHECK_S = 0.25
+"""How often the forwarder asks the buffer whether a backlog is waiting."""
 IDLE_WAKE_S = 0.5
 """The forwarder re-checks the buffer this often even when nothing new arrived."""
 
@@ -54,6 +56,24 @@ class UplinkSettings:
     """Messages handed to the publisher and not yet acknowledged, at most."""
     replay_rate: float = 2000.0
     """Backlog messages per second at most while draining (0: no limit)."""
+
+
+class FrameError(Exception):
+    """A framer cannot encode this entry (malformed); it is counted and dropped."""
+
+
+def frame(agent_id_json: str, entry: Entry) -> bytes:
+    """`entry`'s stored JSON object with the envelope fields in front (`agent_id_json` is the
+    agent id already JSON-encoded, with its quotes)."""
+    head = (
+        f'{{"v":{PAYLOAD_VERSION},"agent_id":{agent_id_json},"stream":"{entry.stream}",'
+        f'"seq":{entry.seq},"run":"{entry.run}",'
+        f'"historical":{"true" if entry.historical else "false"}'
+    ).encode()
+    body = entry.payload
+    if body == b"{}":
+        return head + b"}"
+    return head + b"," + body[1:]
 
 
 class Uplink:
@@ -67,14 +87,18 @@ class Uplink:
         agent_id: str,
         settings: UplinkSettings = UplinkSettings(),
         on_state: Callable[[str], None] | None = None,
+        framer: Callable[[Entry], bytes] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         if buffer.live_s is None:
             raise ValueError("the uplink needs a buffer with live_s set")
         self.buffer = buffer
         self.publisher = publisher
         self.settings = settings
-        self._agent = json.dumps(agent_id)
+        self._agent_json = json.dumps(agent_id)
         self._on_state = on_state
+        self._framer = framer
+        self._ready = ready
         self._outstanding: dict[int, Entry] = {}
         self._acked: list[int] = []
         self._commit_handle: asyncio.TimerHandle | None = None
@@ -82,8 +106,10 @@ class Uplink:
         self._tokens = 0.0
         self._last_refill = time.monotonic()
         self._state = "online"
+        self._historical = True  # until the first check: a backlog may be waiting
+        self._checked_at = -float("inf")
         self.counters: dict[str, int] = dict.fromkeys(
-            ("submitted", "sent", "acked", "released", "store_errors"), 0
+            ("submitted", "sent", "acked", "released", "store_errors", "frame_errors"), 0
         )
 
     # ---------------------------------------------------------------- producer side
@@ -133,23 +159,40 @@ class Uplink:
             await self.publisher.wait_connected(IDLE_WAKE_S)
 
     def _forward_once(self) -> None:
-        if not self.publisher.connected:
+        if not self.publisher.connected or (self._ready is not None and not self._ready()):
             return
         room = self.settings.window - len(self._outstanding)
         if room <= 0:
             return
         batch = self.buffer.take(room, lane="live")
         room -= len(batch)
-        if room > 0:
+        mono = time.monotonic()
+        if mono - self._checked_at >= HISTORICAL_CHECK_S:
+            self._checked_at = mono
+            self._historical = self.buffer.has_historical()
+        if room > 0 and self._historical:
             allowance = room if self.settings.replay_rate <= 0 else min(room, self._replay_tokens())
             if allowance > 0:
                 old = self.buffer.take(allowance, lane="backlog")
                 self._tokens -= len(old)
                 batch.extend(old)
-        self._set_state("draining" if self.buffer.has_historical() else "online")
+        self._set_state("draining" if self._historical else "online")
         for entry in batch:
             try:
-                fut = self.publisher.publish(entry.topic, self.frame(entry), retain=entry.retain)
+                payload = self.frame(entry)
+            except PublishError:
+                self.buffer.release([entry.id])  # the framer says: not now
+                self.counters["released"] += 1
+                continue
+            except FrameError as exc:
+                # Stored by this agent, yet not encodable: it never will be. Counted, logged and
+                # dropped, so it cannot hold a slot forever.
+                self.counters["frame_errors"] += 1
+                log.error("message dropped: cannot encode", topic=entry.topic, error=str(exc))
+                self.buffer.commit([entry.id])
+                continue
+            try:
+                fut = self.publisher.publish(entry.topic, payload, retain=entry.retain)
             except PublishError:
                 self.buffer.release([entry.id])
                 self.counters["released"] += 1
@@ -166,16 +209,11 @@ class Uplink:
         return int(self._tokens)
 
     def frame(self, entry: Entry) -> bytes:
-        """The stored JSON object with the envelope fields in front."""
-        head = (
-            f'{{"v":{PAYLOAD_VERSION},"agent_id":{self._agent},"stream":"{entry.stream}",'
-            f'"seq":{entry.seq},"run":"{entry.run}",'
-            f'"historical":{"true" if entry.historical else "false"}'
-        ).encode()
-        body = entry.payload
-        if body == b"{}":
-            return head + b"}"
-        return head + b"," + body[1:]
+        """The payload on the wire: the stored JSON object with the envelope fields in front,
+        or what the `framer` makes of it (e.g. Sparkplug B DDATA, encoded at send time)."""
+        if self._framer is not None:
+            return self._framer(entry)
+        return frame(self._agent_json, entry)
 
     def _done(self, entry_id: int, fut: asyncio.Future[None]) -> None:
         self._outstanding.pop(entry_id, None)
@@ -214,4 +252,4 @@ class Uplink:
             self._on_state(state)
 
 
-__all__ = ["PAYLOAD_VERSION", "Uplink", "UplinkSettings"]
+__all__ = ["PAYLOAD_VERSION", "FrameError", "Uplink", "UplinkSettings", "frame"]

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.plc",
     "tests.fixtures.fmu",
+    "tests.fixtures.sparkplug",
 ]

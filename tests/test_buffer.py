@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 from structlog.testing import capture_logs
 
-from edge_agent.buffer import Buffer, Entry, StreamPolicy, entry_size
+from edge_agent.buffer import Buffer, Entry, NewEntry, StreamPolicy, entry_size
 
 STREAMS = {
     "t1": StreamPolicy("telemetry"),
@@ -431,3 +431,44 @@ def test_file_is_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         db.close()
+
+
+def test_lanes_split_live_from_backlog_in_append_order(tmp_path: Path) -> None:
+    """`take(lane=...)`: live entries (at most live_s old) and the backlog, each in order."""
+    clock = FakeClock()
+    with open_buffer(tmp_path / "b.db", clock=clock, live_s=10.0) as buf:
+        for k in range(3):
+            buf.append("t1", "a", f"old{k}".encode())
+        clock.now += 30
+        buf.append("ev", "a", b"new-event")
+        buf.append("t1", "a", b"new")
+        assert buf.has_historical()
+        live = buf.take(10, lane="live")
+        assert [e.payload for e in live] == [b"new-event", b"new"]
+        assert not any(e.historical for e in live)
+        back = buf.take(2, lane="backlog")
+        assert [e.payload for e in back] == [b"old0", b"old1"]
+        assert all(e.historical for e in back)
+        buf.commit([e.id for e in back])
+        assert [e.payload for e in buf.take(10, lane="backlog")] == [b"old2"]
+
+
+def test_append_many_is_one_transaction_with_per_stream_sequences(tmp_path: Path) -> None:
+    """append_many numbers each stream on its own, survives a reopen, and takes the slow
+    path (drop policy) when the batch does not fit."""
+    path = tmp_path / "b.db"
+    with open_buffer(path) as buf:
+        seqs = buf.append_many(
+            [NewEntry("t1", "a", b"x"), NewEntry("ev", "a", b"y"), NewEntry("t1", "a", b"z")]
+        )
+        assert seqs == [0, 0, 1]
+        run = buf.run
+    with open_buffer(path, max_bytes=400) as buf:
+        assert buf.run != run, "each open draws its own run id"
+        assert buf.append_many([NewEntry("t1", "a", b"w")]) == [2]
+        big = [NewEntry("t1", "a", b"p" * 100) for _ in range(3)]
+        buf.append_many(big)  # does not fit: oldest telemetry makes room
+        assert buf.counters["telemetry_oldest"] > 0
+        kept = buf.take(100)
+        assert b"y" in [e.payload for e in kept], "the event is never dropped for telemetry"
+        assert {e.run for e in kept} == {run, buf.run}

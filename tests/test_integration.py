@@ -30,6 +30,7 @@ from hil.faults import expected_tags
 from hil.rig import Rig
 from hil.tags import tags_of
 from tests.fixtures.mqtt import Collector, Mosquitto, MqttSub, Received, deltas
+from tests.fixtures.schemas import check_messages
 
 WARMUP_S = 30.0
 DETECT_S = 45.0
@@ -94,6 +95,7 @@ async def loop(mosquitto: Mosquitto, mqtt_sub: MqttSub, tmp_path: Path) -> Async
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(task, 20)
             assert task.done() and task.exception() is None
+            assert check_messages(sub.snapshot()) > 0  # every message matches its schema
 
 
 async def test_normal_operation_raises_no_alarm(loop: Loop) -> None:
@@ -272,6 +274,7 @@ async def test_authored_model_with_ensemble_publishes_estimates(
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)
+    assert check_messages(sub.snapshot()) > 0
     models = loop.docs("model")
     assert models, "no model estimate published"
     eff = models[-1]["params"]["pump_efficiency_frac"]

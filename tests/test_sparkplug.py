@@ -9,16 +9,13 @@ and act as the primary host (STATE, NCMD rebirth) with its own encoder.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import os
 import queue
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -42,8 +39,8 @@ from edge_agent.sparkplug import (
 )
 from edge_agent.sparkplug import sparkplug_b_pb2 as pb
 from tests.fixtures.mqtt import Mosquitto, poll_until
+from tests.fixtures.sparkplug import Decoder
 
-DECODER = Path(__file__).resolve().parent / "sparkplug_decode" / "decode.py"
 STATE_TOPIC = "spBv1.0/STATE/scada"
 TIMEOUT_S = 20.0
 
@@ -412,73 +409,6 @@ def test_malformed_delta_raises_delta_error_naming_the_field(bad: dict[str, Any]
 
 
 # -- interoperability: a real broker and an independent decoder ----------------------------------
-
-
-def _decoder_python() -> Path:
-    venv = os.environ.get("SPARKPLUG_DECODER_VENV") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        / "edge-agent"
-        / "sparkplug-decoder"
-    )
-    python = Path(venv) / "bin" / "python"
-    if not python.exists():
-        pytest.fail(
-            f"the independent Sparkplug decoder is not installed ({python} is missing): "
-            "run `bash scripts/ensure.d/sparkplug.sh` (scripts/test.sh does it)"
-        )
-    return python
-
-
-class Decoder:
-    """pysparkplug in its own process: prints what it decodes, publishes what it is told."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.docs: list[dict[str, Any]] = []
-
-    async def _read_one(self) -> None:
-        assert self.proc.stdout is not None
-        line = await self.proc.stdout.readline()
-        if not line:
-            err = b"" if self.proc.stderr is None else await self.proc.stderr.read()
-            pytest.fail(f"the decoder exited: {err.decode(errors='replace')[-2000:]}")
-        self.docs.append(json.loads(line))
-
-    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
-        """Read decoder output until `predicate(all docs so far)` holds (fails on timeout)."""
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                while not predicate(self.docs):
-                    await self._read_one()
-        except TimeoutError:
-            pytest.fail(f"decoder output did not match; it printed {self.docs[-5:]}")
-
-    def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
-        docs = [d for d in self.docs if d["event"] == "message" and d["type"] != "NCMD"]
-        return [d for d in docs if kind is None or d["type"] == kind]
-
-    def send(self, cmd: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-
-
-@pytest.fixture
-async def decoder(mosquitto: Mosquitto) -> AsyncIterator[Decoder]:
-    """The independent decoder, subscribed to spBv1.0/plant/# on the test broker."""
-    proc = await asyncio.create_subprocess_exec(
-        str(_decoder_python()), str(DECODER), mosquitto.host, str(mosquitto.port), "plant",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    dec = Decoder(proc)
-    try:
-        await dec.wait_for(lambda docs: any(d["event"] == "subscribed" for d in docs))
-        yield dec
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    assert not [d for d in dec.docs if d["event"] == "decode-error"]
 
 
 class NodeLink:
