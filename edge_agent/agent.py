@@ -237,7 +237,9 @@ class Agent:
             self.buffer,
             self.publisher,
             agent_id=cfg.agent.id,
-            settings=UplinkSettings(window=u.window, replay_rate=u.replay_rate),
+            settings=UplinkSettings(
+                window=u.window, replay_rate=u.replay_rate, compression=u.compression
+            ),
             on_state=lambda _state: self.publisher.republish_status(),
             framer=None if self.sparkplug is None else self.sparkplug.frame,
             ready=None if self.sparkplug is None else self.sparkplug.ready,
@@ -362,7 +364,10 @@ class Agent:
             },
         }
         if state != "offline":  # the will is built once, before anything is buffered
-            doc["uplink"] = {"backlog": self.uplink.backlog()}
+            doc["uplink"] = {
+                "backlog": self.uplink.backlog(),
+                "compression": self.cfg.uplink.compression,
+            }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def tick(self, now: float) -> None:
@@ -398,6 +403,7 @@ class Agent:
                 out.append(NewEntry("model", rep.model_topic, report, retain=True, ts=now))
                 self._next_model_report = now + self._model_report_s
         alarm = [self.alarms.state(i) for i in range(n)]
+        text = img.text if img.has_text else None
         docs = [
             rep.tag_doc(
                 int(i),
@@ -412,8 +418,16 @@ class Agent:
                 alarm=alarm[i],
                 cusum=float(cusum[i]),
                 prediction=res.prediction if i in self._out_set else "none",
+                text=img.text[i],
             )
-            for i in rep.due(now, img.value, residual, img.quality, alarm)
+            for i in rep.due(
+                now,
+                img.value,
+                residual,
+                img.quality,
+                alarm,
+                text=text,
+            )
         ]
         if self.cfg.uplink.per_tag_topics:
             out.extend(

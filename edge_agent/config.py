@@ -106,6 +106,9 @@ class UplinkSection(_Strict):
     per_tag_topics: bool = Field(
         default=False, description="one message per delta on tags/<tag> instead of batches"
     )
+    compression: Literal["none", "zlib"] = Field(
+        default="none", description="zlib: JSON payloads deflated (MQTT 5 content type says so)"
+    )
 
 
 def _unsigned_default() -> list[Literal["rebirth", "reload-config"]]:

@@ -6,7 +6,8 @@ and its time, so a BAD sample never reaches the Digital Original: the model keep
 last good value and the comparison marks that tag's prediction as not comparable.
 
 Range checks happen here, on the way in: a finite value outside the tag's configured range
-becomes BAD with reason "range". Every BAD sample is counted by reason.
+becomes BAD with reason "range". Every BAD sample is counted by reason. A text tag (a sample
+with `text`, e.g. a Modbus string) keeps its text beside a NaN value and has no range.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ProcessImage:
         self.good_value: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.good_ts: npt.NDArray[np.float64] = np.zeros(n)
         self.reason: list[str] = ["init"] * n
+        self.text: list[str | None] = [None] * n  # text tags (e.g. a Modbus string): value NaN
+        self.has_text = False
         self.updates = 0
         self.bad_counts: Counter[str] = Counter()
         self.unknown_tags = 0
@@ -52,7 +55,10 @@ class ProcessImage:
             q = s.quality
             reason = s.reason
             v = s.value
-            if q != Quality.BAD and not (self.lo[i] <= v <= self.hi[i]):
+            if s.text is not None:
+                self.text[i] = s.text  # no range for text; NaN is its value by contract
+                self.has_text = True
+            elif q != Quality.BAD and not (self.lo[i] <= v <= self.hi[i]):
                 # NaN fails the comparison too, so a driver that forgot to mark it is caught here.
                 q, reason = Quality.BAD, ("range" if math.isfinite(v) else "nan")
             self.value[i] = v

@@ -150,6 +150,7 @@ class _Message:
     payload: bytes
     retain: bool
     future: asyncio.Future[None]
+    content_type: str | None = None
     sends: int = 0
 
 
@@ -244,8 +245,12 @@ class MqttPublisher:
             await self._task  # re-raises the supervisor's unexpected error
         return self._connected
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, content_type: str | None = None
+    ) -> asyncio.Future[None]:
         """Accept one QoS 1 message; the returned future resolves on its PUBACK.
+
+        `content_type` goes into the MQTT 5 Content Type property (ignored with 3.1.1).
 
         Never blocks and never raises for a broker outage: while disconnected the message waits
         in the queue. Raises `PublisherClosedError` once `aclose` has begun.
@@ -257,7 +262,7 @@ class MqttPublisher:
         if self.queued >= self._settings.max_queue:
             self._evict_one()
         self._seq += 1
-        msg = _Message(self._seq, topic, payload, retain, self._loop.create_future())
+        msg = _Message(self._seq, topic, payload, retain, self._loop.create_future(), content_type)
         self._pending.append(msg)
         self.counters["published"] += 1
         self._update_idle()
@@ -347,7 +352,13 @@ class MqttPublisher:
             if msg.future.done():  # the caller cancelled it: nothing to deliver
                 self._pending.popleft()
                 continue
-            info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
+            props = None
+            if msg.content_type is not None and self._settings.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = msg.content_type
+            info = client.publish(
+                msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props
+            )
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return  # the socket just went away; on_disconnect requeues and reconnects
             self._pending.popleft()

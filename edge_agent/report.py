@@ -63,6 +63,7 @@ class Reporter:
         self.last_residual = np.full(n, np.nan)
         self.last_quality = np.full(n, -1, dtype=np.int8)
         self.last_alarm: list[str] = [""] * n
+        self.last_text: list[str | None] = [None] * n
         self.last_ts = np.full(n, -math.inf)
         self.published = 0
 
@@ -73,13 +74,21 @@ class Reporter:
         residual: npt.NDArray[np.float64],
         quality: npt.NDArray[np.int8],
         alarm: list[str],
+        *,
+        text: Sequence[str | None] | None = None,
     ) -> npt.NDArray[np.intp]:
-        """Indices of the tags to publish now; marks them as published."""
+        """Indices of the tags to publish now; marks them as published. `text`: the text of
+        text tags (None elsewhere), whose change is due like a moved value."""
         moved = ~(np.abs(value - self.last_value) <= self.deadband)  # NaN counts as moved
         both_nan = np.isnan(value) & np.isnan(self.last_value)
         moved &= ~both_nan
         r_moved = np.abs(residual - self.last_residual) > self.deadband
         changed_alarm = np.array([a != b for a, b in zip(alarm, self.last_alarm, strict=True)])
+        if text is not None:
+            changed = np.array([a != b for a, b in zip(text, self.last_text, strict=True)])
+            moved |= changed
+            for i in np.flatnonzero(changed):
+                self.last_text[int(i)] = text[int(i)]
         due = (
             moved
             | r_moved
@@ -112,9 +121,10 @@ class Reporter:
         alarm: str,
         cusum: float = math.nan,
         prediction: str = "none",
+        text: str | None = None,
     ) -> dict[str, object]:
-        """The delta of tag `i` as a JSON-ready dict."""
-        return {
+        """The delta of tag `i` as a JSON-ready dict (with "text" for a text tag)."""
+        doc: dict[str, object] = {
             "tag": self.names[i],
             "ts": round(now, 3),
             "source_ts": round(source_ts, 3),
@@ -129,6 +139,9 @@ class Reporter:
             "prediction": prediction,
             "alarm": alarm,
         }
+        if text is not None:
+            doc["text"] = text
+        return doc
 
     @staticmethod
     def tag_payload(doc: dict[str, object]) -> bytes:

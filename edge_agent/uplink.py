@@ -31,6 +31,7 @@ import contextlib
 import functools
 import json
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ COMMIT_DELAY_S = 0.02
 HISTORICAL_CHECK_S = 0.25
 """How often the forwarder asks the buffer whether a backlog is waiting."""
 IDLE_WAKE_S = 0.5
+ZLIB_LEVEL = 6
+ZLIB_CONTENT_TYPE = "application/json+zlib"
 """The forwarder re-checks the buffer this often even when nothing new arrived."""
 
 
@@ -56,6 +59,9 @@ class UplinkSettings:
     """Messages handed to the publisher and not yet acknowledged, at most."""
     replay_rate: float = 2000.0
     """Backlog messages per second at most while draining (0: no limit)."""
+    compression: str = "none"
+    """"zlib": JSON payloads leave deflated (zlib format), MQTT 5 Content Type
+    `application/json+zlib` (a payload starting with `{` is plain JSON, 0x78 is zlib)."""
 
 
 class FrameError(Exception):
@@ -98,6 +104,9 @@ class Uplink:
         self._agent_json = json.dumps(agent_id)
         self._on_state = on_state
         self._framer = framer
+        if settings.compression not in ("none", "zlib"):
+            raise ValueError(f"unknown compression {settings.compression!r}")
+        self._zlib = settings.compression == "zlib"
         self._ready = ready
         self._outstanding: dict[int, Entry] = {}
         self._acked: list[int] = []
@@ -191,8 +200,14 @@ class Uplink:
                 log.error("message dropped: cannot encode", topic=entry.topic, error=str(exc))
                 self.buffer.commit([entry.id])
                 continue
+            content_type = None
+            if self._zlib and payload[:1] == b"{":
+                payload = zlib.compress(payload, ZLIB_LEVEL)
+                content_type = ZLIB_CONTENT_TYPE
             try:
-                fut = self.publisher.publish(entry.topic, payload, retain=entry.retain)
+                fut = self.publisher.publish(
+                    entry.topic, payload, retain=entry.retain, content_type=content_type
+                )
             except PublishError:
                 self.buffer.release([entry.id])
                 self.counters["released"] += 1

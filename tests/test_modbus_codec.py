@@ -31,7 +31,7 @@ def _value(type_: str) -> st.SearchStrategy[float]:
 
 
 @pytest.mark.parametrize("order", codec.ORDERS)
-@pytest.mark.parametrize("type_", codec.TYPES)
+@pytest.mark.parametrize("type_", codec.NUMERIC_TYPES)
 @given(data=st.data())
 def test_round_trip(type_: str, order: str, data: st.DataObject) -> None:
     """Every representable value survives encode -> decode and the vectorised decode."""
@@ -74,9 +74,75 @@ def test_scale_and_offset() -> None:
     """encode divides out scale and offset; BlockDecoder applies them back."""
     regs = codec.encode(48.5, "int16", scale=0.1)
     assert regs == [485]
-    dec = codec.BlockDecoder([0, 1], ["int16", "float32"], ["ABCD", "CDAB"], [0.1, 1.0], [0.0, 2.0])
+    dec = codec.BlockDecoder(
+        [codec.Field(0, "int16", scale=0.1), codec.Field(1, "float32", "CDAB", value_offset=2.0)]
+    )
     block = regs + codec.encode(1.5, "float32", "CDAB")
-    assert dec.decode(block).tolist() == pytest.approx([48.5, 3.5])
+    values, texts = dec.decode_registers(block)
+    assert values.tolist() == pytest.approx([48.5, 3.5]) and texts == {}
+
+
+@pytest.mark.parametrize(
+    ("order", "words"),
+    [
+        ("ABCD", [0x001F, 0x0203, 0x0405, 0x0607]),
+        ("CDAB", [0x0607, 0x0405, 0x0203, 0x001F]),
+        ("BADC", [0x1F00, 0x0302, 0x0504, 0x0706]),
+        ("DCBA", [0x0706, 0x0504, 0x0302, 0x1F00]),
+    ],
+)
+def test_64_bit_orders_on_the_wire(order: str, words: list[int]) -> None:
+    """The documented meaning of the four orders for 64-bit values (bytes 00 1F 02 .. 07)."""
+    value = 0x001F020304050607  # below 2**53: exact as a float64 engineering value
+    assert codec.encode(value, "uint64", order) == words
+    assert codec.decode(words, "uint64", order) == value
+
+
+@given(
+    text=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=10),
+    spare=st.integers(0, 3),
+    order=st.sampled_from(["ABCD", "BADC"]),
+)
+def test_string_round_trip(text: str, spare: int, order: str) -> None:
+    """ASCII strings survive encode -> decode in both byte orders, NUL padding stripped."""
+    length = (len(text) + 1) // 2 + spare or 1
+    regs = codec.encode_string(text, length, order)
+    assert len(regs) == length
+    assert codec.decode_string(regs, order) == text
+    dec = codec.BlockDecoder([codec.Field(1, "string", order, length=length)])
+    assert dec.decode_registers([0xFFFF, *regs])[1] == {0: text}
+
+
+def test_string_layout_and_stripping() -> None:
+    """First character in the high byte (ABCD) or low byte (BADC); trailing spaces go."""
+    assert codec.encode_string("AB", 1) == [0x4142]
+    assert codec.encode_string("AB", 1, "BADC") == [0x4241]
+    assert codec.decode_string([0x4142, 0x2020, 0x0000]) == "AB"
+    with pytest.raises(ValueError, match="does not fit"):
+        codec.encode_string("ABC", 1)
+    with pytest.raises(ValueError, match="not ASCII"):
+        codec.encode_string("é", 2)
+
+
+@given(word=st.integers(0, 0xFFFF), bit=st.integers(0, 15), value=st.booleans())
+def test_bits_in_registers(word: int, bit: int, value: bool) -> None:
+    """with_bit sets one bit and keeps the others; BlockDecoder reads it back."""
+    new = codec.with_bit(word, bit, value)
+    assert new & ~(1 << bit) == word & ~(1 << bit)
+    dec = codec.BlockDecoder([codec.Field(0, "bool", bit=bit)])
+    assert dec.decode_registers([new])[0].tolist() == [float(value)]
+
+
+@given(bits=st.lists(st.booleans(), min_size=1, max_size=40), data=st.data())
+def test_bit_table_decoding(bits: list[bool], data: st.DataObject) -> None:
+    """Coil/discrete responses (packed least significant bit first) decode per offset."""
+    packed = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        packed[i // 8] |= b << (i % 8)
+    offs = data.draw(st.lists(st.integers(0, len(bits) - 1), min_size=1, max_size=5))
+    dec = codec.BlockDecoder([codec.Field(o, "bool") for o in offs], bit_table=True)
+    values, _ = dec.decode(bytes(packed))
+    assert values.tolist() == [float(bits[o]) for o in offs]
 
 
 def test_nan_float_stays_nan() -> None:
@@ -89,5 +155,7 @@ def test_unknown_type_or_order() -> None:
     """Unknown names are a ValueError naming the choices."""
     with pytest.raises(ValueError, match="float32"):
         codec.layout("float16")
+    with pytest.raises(ValueError, match="length"):
+        codec.register_count("string")
     with pytest.raises(ValueError, match="ABCD"):
         codec.layout("int16", "XYZW")

@@ -9,8 +9,9 @@ import pytest
 from asyncua import ua
 from asyncua.client.client import Client
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusIOException
 
-from hil.plc_modbus import ModbusPlc
+from hil.plc_modbus import PROTECTED, ModbusPlc
 from hil.plc_opcua import OpcUaPlc
 from hil.tags import DRIVE_UNIT, NAMESPACE_URI, tags_of
 from tests.fixtures.plc import PLAUSIBLE
@@ -114,6 +115,66 @@ async def test_modbus_restart_same_port_keeps_values() -> None:
         assert regs[0] == 999 and regs[10] == 3
     finally:
         await plc.stop()
+
+
+async def test_modbus_extra_units_have_four_tables_and_keep_writes() -> None:
+    """An extra unit serves separate coils, discrete inputs, holding and input registers; client
+    writes survive a restart; protected holding registers refuse writes; the drive unit is
+    unchanged."""
+    plc = ModbusPlc(tags_of("drive"), extra_units=[2])
+    await plc.start()
+    try:
+        await plc.write_values({"motor_speed": 1450.0}, 0.0)
+        await plc.set_words(2, "input", 10, [11, 12])
+        await plc.set_bits(2, "discrete", 3, [True])
+        client = AsyncModbusTcpClient(plc.host, port=plc.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            assert (await client.read_input_registers(10, count=2, device_id=2)).registers == [
+                11,
+                12,
+            ]
+            assert (await client.read_holding_registers(10, count=2, device_id=2)).registers == [
+                0,
+                0,
+            ]
+            assert (await client.read_discrete_inputs(3, count=1, device_id=2)).bits[0] is True
+            assert (await client.read_coils(3, count=1, device_id=2)).bits[0] is False
+            assert not (await client.write_register(5, 77, device_id=2)).isError()
+            assert not (await client.write_coil(1, True, device_id=2)).isError()
+            bad = await client.write_register(1024 - PROTECTED, 1, device_id=2)
+            assert bad.isError()
+            drive = await client.read_input_registers(0, count=1, device_id=DRIVE_UNIT)
+            assert drive.registers == [1450]
+        finally:
+            client.close()
+        await plc.stop()
+        await plc.start()
+        assert await plc.words(2, "holding", 5, 1) == [77]
+        assert await plc.words(2, "coil", 1, 1) == [1]
+    finally:
+        await plc.stop()
+
+
+async def test_modbus_silenced_unit_holds_requests() -> None:
+    """A silenced unit's requests go unanswered while other units answer; `answer` ends it."""
+    async with ModbusPlc(tags_of("drive"), extra_units=[2]) as plc:
+        client = AsyncModbusTcpClient(plc.host, port=plc.port, timeout=0.3, retries=0)
+        assert await client.connect()
+        try:
+            plc.silence(2)
+            with pytest.raises(ModbusIOException):
+                await client.read_holding_registers(0, count=1, device_id=2)
+            assert plc.held_requests == 1
+            plc.answer(2)
+        finally:
+            client.close()
+        client = AsyncModbusTcpClient(plc.host, port=plc.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            assert not (await client.read_holding_registers(0, count=1, device_id=2)).isError()
+        finally:
+            client.close()
 
 
 async def test_opcua_write_path_feeds_subscriptions(opcua_plc: OpcUaPlc) -> None:

@@ -17,6 +17,7 @@ import json
 import random
 import sqlite3
 import sys
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -331,3 +332,33 @@ async def test_every_seq_arrives_through_a_link_that_drops_delays_and_half_opens
     counts = seq_counts(sub.snapshot())
     assert sum(c - 1 for c in counts.values()) <= WINDOW * 3
     assert p.pub.counters["disconnects"] >= 2
+
+
+async def test_zlib_compression_round_trips(
+    tmp_path: Path, mosquitto: Mosquitto, mqtt_sub: MqttSub
+) -> None:
+    """With compression = "zlib" a consumer inflates each payload to the same envelope JSON."""
+    sub = await mqtt_sub(mosquitto.host, mosquitto.port, "up/#")
+    buffer = make_buffer(tmp_path / "z.db")
+    pub = MqttPublisher(
+        MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id="zlib"),
+        status_topic="up/status",
+        birth_payload=lambda: b"{}",
+        will_payload=b"{}",
+    )
+    uplink = Uplink(buffer, pub, agent_id="z", settings=UplinkSettings(compression="zlib"))
+    await pub.start()
+    task = asyncio.create_task(uplink.run())
+    body = json.dumps({"deltas": [{"tag": f"t{i}", "value": 1.0} for i in range(50)]}).encode()
+    try:
+        uplink.submit([NewEntry("deltas", TOPIC, body)])
+        assert await sub.wait_for(lambda ms: any(m.topic == TOPIC for m in ms), 20)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pub.aclose(1.0)
+        buffer.close()
+    raw = next(m.payload for m in sub.snapshot() if m.topic == TOPIC)
+    assert raw[:1] == b"\x78" and len(raw) < len(body) / 3
+    doc = json.loads(zlib.decompress(raw))
+    assert doc["seq"] == 0 and doc["agent_id"] == "z" and len(doc["deltas"]) == 50
