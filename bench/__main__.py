@@ -10,7 +10,17 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-BENCHMARKS: tuple[str, ...] = ("model_step", "detector", "startup")
+BENCHMARKS: tuple[str, ...] = (
+    "model_step",
+    "detector",
+    "startup",
+    "throughput",
+    "e2e_delay",
+    "bandwidth",
+    "modbus",
+    "uplink",
+    "detector_skab",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

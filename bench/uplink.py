@@ -227,8 +227,10 @@ async def run(opts: Options) -> None:
         Row("drain", "live delay p99", "s", [drain["live_p99_s"]]),
     ]  # fmt: skip
     overhead = statistics.median(up_cpu) / statistics.median(bare_cpu)
+    # Stated as bare / uplink so that higher is better, like every "x" target here.
     targets = [
-        Target("CPU per message, uplink / bare paho", overhead, TARGET_OVERHEAD, "x",
+        Target(f"CPU per message, bare paho / uplink (overhead {overhead:.2f}x, limit "
+               f"{TARGET_OVERHEAD}x)", 1 / overhead, 1 / TARGET_OVERHEAD, "x",
                overhead <= TARGET_OVERHEAD),
         Target("live delay p99 while draining", drain["live_p99_s"], TARGET_LIVE_P99_S, "s",
                drain["live_p99_s"] <= TARGET_LIVE_P99_S),

@@ -19,7 +19,7 @@ EXIT_CONFIG = 2
 
 # Commands that live in their own module: each has `register(subparsers)` and keeps its
 # module-level imports light (heavy ones inside the command function).
-EXTRA_COMMANDS: tuple[str, ...] = ("edge_agent.sign_commands",)
+EXTRA_COMMANDS: tuple[str, ...] = ("edge_agent.sign_commands", "edge_agent.evaluate")
 
 
 def _set_cache_dir(state_dir: Path) -> None:

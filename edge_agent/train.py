@@ -6,12 +6,19 @@ real time (`hil.plant.simulate`, same physics, noise and control as the live rig
 computed by `edge_agent.compare.residual_series`, the arithmetic the live agent uses, so the
 detector learns exactly what it will be shown. The model-to-tag mapping is the demo config's
 unless another config is given.
+
+A CSV in SKAB's format (`;`-separated with a `datetime` column, `models.anomaly.skab`) trains
+the sensor-window detector instead (`models.anomaly.benchmark.train_from_file`, the code
+`edge-agent evaluate` uses, with the documented default configuration): on a labelled file its
+training part (the first 400 rows), on an unlabelled one every row. It never overwrites the
+shipped rig detector: `--out` is required for it.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from edge_agent.agent import build_model
 from edge_agent.compare import residual_series
 from edge_agent.config import Config, load_config
 from hil.plant import simulate
+from models.anomaly.skab import looks_like_skab
 from models.anomaly.train import train_detector
 from models.base import F64
 
@@ -69,6 +77,71 @@ def residuals_from(
     return residual_series(model, ts, inputs, outputs), model.output_names
 
 
+def _write(out: Path, blob: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+
+
+def train_sensor_main(*, out: Path, data: Path, seed: int) -> int:
+    """Train the sensor-window detector from a SKAB-format CSV; returns the exit code."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from edge_agent.config import DEFAULT_DETECTOR  # noqa: PLC0415
+    from models.anomaly.benchmark import train_from_file  # noqa: PLC0415
+    from models.anomaly.sensor_train import SensorConfig  # noqa: PLC0415
+    from models.anomaly.skab import SkabFormatError, read_skab_csv  # noqa: PLC0415
+
+    if out.resolve() == DEFAULT_DETECTOR.resolve():
+        print(
+            f"error: {data} trains a sensor-window detector; pass --out FILE (the default "
+            f"{out} is the rig's residual detector)",
+            file=sys.stderr,
+        )
+        return 2
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reading", total=3)
+        try:
+            recording = read_skab_csv(data)
+            bar.advance(task)
+
+            def step(name: str) -> None:
+                bar.update(task, description=name)
+
+            root = skab_root(data)
+            blob, rows, drift_rows = train_from_file(
+                recording, SensorConfig(seed=seed), step, root=root
+            )
+        except (SkabFormatError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        bar.advance(task, 2)
+    _write(out, blob)
+    where = f"normal data under {root}" if root is not None else "the recording alone"
+    print(
+        f"wrote {out} ({len(blob)} bytes) from {data}: {rows} training rows, drift model "
+        f"from {where} ({drift_rows} windows)"
+    )
+    return 0
+
+
+def skab_root(data: Path) -> Path | None:
+    """The SKAB-layout folder `data` sits in (`ROOT/group/file.csv`, other groups beside),
+    or None when it is a lone file."""
+    from models.anomaly.skab import SkabFormatError, discover  # noqa: PLC0415
+
+    root = data.resolve().parent.parent
+    try:
+        labelled, unlabelled = discover(root)
+    except (SkabFormatError, OSError):
+        return None
+    inside = {f.path.resolve() for f in (*labelled, *unlabelled)}
+    return root if data.resolve() in inside else None
+
+
 def train_main(
     *,
     out: Path,
@@ -81,6 +154,8 @@ def train_main(
     margin: float = 2.0,
 ) -> int:
     """Produce the detector file `out`; returns the exit code."""
+    if data is not None and looks_like_skab(data):
+        return train_sensor_main(out=out, data=data, seed=seed)
     cfg = load_config(config)
     if data is not None:
         ts, cols = read_recording(data)
@@ -101,11 +176,6 @@ def train_main(
     residuals = np.concatenate(parts)
     log.info("training detector", rows=len(residuals), outputs=len(names), window=window)
     blob = train_detector(residuals, names, window=window, seed=seed, margin=margin, progress=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    _write(out, blob)
     print(f"wrote {out} ({len(blob)} bytes) from {source}")
     return 0

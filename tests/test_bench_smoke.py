@@ -6,6 +6,7 @@ only that each benchmark runs end to end, prints its table and writes a well-for
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -37,7 +38,7 @@ class QuickRun:
     result_path: Path
 
 
-@pytest.fixture(scope="module", params=["model_step", "detector", "startup"])
+@pytest.fixture(scope="module", params=["model_step", "detector", "startup", "uplink"])
 def quick_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     """Each benchmark run once with `--quick`, its JSON written to a temporary directory."""
     name: str = request.param
@@ -78,7 +79,12 @@ def test_benchmark_quick_run_prints_table_and_writes_json(quick_run: QuickRun) -
 
 
 def test_bench_lists_every_benchmark() -> None:
-    """`python -m bench --list` names the three benchmarks run by `python -m bench`."""
+    """`python -m bench --list` names every benchmark module `python -m bench` runs, and
+    each of them exists with a `main`."""
     proc = run_bench(["bench", "--list"])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["model_step", "detector", "startup"]
+    names = proc.stdout.split()
+    assert names[:3] == ["model_step", "detector", "startup"]
+    assert {"throughput", "modbus", "uplink"} <= set(names)
+    for name in names:
+        assert callable(importlib.import_module(f"bench.{name}").main), name

@@ -122,6 +122,12 @@ class DetectorParams:
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str], source: str) -> DetectorParams:
         """Decode and check metadata; any problem is a `ModelError` naming `source` and the key."""
+        kind = meta.get("detector_kind")
+        if kind is not None and kind != DETECTOR_KIND:
+            raise ModelError(
+                f"{source}: detector_kind is {kind!r}, expected {DETECTOR_KIND!r} (a detector "
+                "of another kind, not for this runtime)"
+            )
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise ModelError(f"{source}: metadata lacks {', '.join(missing)}; retrain the detector")

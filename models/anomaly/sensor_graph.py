@@ -1,0 +1,90 @@
+"""Builds the sensor-window detector's ONNX graph from `SensorParams` (features included).
+
+Input `window` `(n, W, C)` float32; outputs `score` `(n,)` and `contributions` `(n, K)`. The
+graph computes every input's window mean and least-squares slope per row (one ReduceMean, one
+MatMul with fixed weights), gathers the K features the metadata lists, normalises them and
+evaluates the quadratic form with the threshold folded into the precision matrix:
+
+    z = (f - centre) / scale - location,  c = z * (z @ P / d2_threshold),  score = sqrt(sum c)
+
+Thirteen nodes, no loops or trees, so one window costs a few microseconds. This module imports
+`onnx` (an engineering-station dependency); the runtime lives in `models.anomaly.sensor`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.anomaly.graph import IR_VERSION, OPSET, PRODUCER, slope_weights
+from models.anomaly.sensor import CONTRIBUTIONS, INPUT, SCORE, SENSOR_FORMAT, SensorParams
+from models.base import F64
+
+
+def _const(name: str, array: F64) -> onnx.TensorProto:
+    tensor: onnx.TensorProto = numpy_helper.from_array(
+        np.ascontiguousarray(array, dtype=np.float32), name
+    )
+    return tensor
+
+
+def build_sensor_model(params: SensorParams) -> bytes:
+    """Build, check and serialize the detector for `params`, metadata included."""
+    window, n_in, k = params.window, len(params.input_names), len(params.features)
+    # Flattened (stat, input) index of each feature in the concatenated [means, slopes].
+    gather = np.array([s * n_in + i for s, i in params.feature_index()], dtype=np.int64)
+    precision = 0.5 * (params.precision + params.precision.T) / params.d2_threshold
+    initializers = [
+        _const("slope_weights", slope_weights(window).reshape(1, window)),
+        numpy_helper.from_array(np.array([-1, 2 * n_in], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(gather, "feature_index"),
+        _const("centre", params.centre.reshape(1, k)),
+        _const("inv_scale", (1.0 / params.scale).reshape(1, k)),
+        _const("location", params.location.reshape(1, k)),
+        _const("precision", precision),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("ReduceMean", [INPUT], ["mean"], axes=[1], keepdims=1, name="window_mean"),
+        node("MatMul", ["slope_weights", INPUT], ["slope"], name="window_slope"),
+        node("Concat", ["mean", "slope"], ["stats"], axis=1, name="stats"),
+        node("Reshape", ["stats", "flat_shape"], ["flat"], name="flatten"),
+        node("Gather", ["flat", "feature_index"], ["features"], axis=1, name="features"),
+        node("Sub", ["features", "centre"], ["offset"], name="centre_features"),
+        node("Mul", ["offset", "inv_scale"], ["scaled"], name="scale_features"),
+        node("Sub", ["scaled", "location"], ["z"], name="from_location"),
+        node("MatMul", ["z", "precision"], ["pz"], name="precision_product"),
+        node("Mul", ["z", "pz"], [CONTRIBUTIONS], name="contributions"),
+        node("ReduceSum", [CONTRIBUTIONS, "feature_axis"], ["d2"], keepdims=0, name="d2"),
+        node("Relu", ["d2"], ["d2_pos"], name="round_off_floor"),
+        node("Sqrt", ["d2_pos"], [SCORE], name="score"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "edge_agent_sensor_detector",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["n", window, n_in])],
+        [
+            helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info(CONTRIBUTIONS, TensorProto.FLOAT, ["n", k]),
+        ],
+        initializer=initializers,
+        doc_string=(
+            f"Anomaly score of a window of {n_in} signals ({', '.join(params.input_names)}); "
+            f"1.0 = threshold. Features: {', '.join(params.features)}."
+        ),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name=PRODUCER,
+        producer_version=SENSOR_FORMAT,
+        model_version=int(SENSOR_FORMAT),
+        doc_string="edge-agent sensor-window detector: Mahalanobis distance of window features",
+    )
+    helper.set_model_props(model, params.to_metadata())
+    onnx.checker.check_model(model, full_check=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data

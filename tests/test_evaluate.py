@@ -1,0 +1,160 @@
+"""`edge-agent evaluate` and `train --data` on a synthetic folder in SKAB's layout (no real data
+needed): the official split, the JSON keys, detection of large faults, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from edge_agent.cli import main
+from models.anomaly.benchmark import run_benchmark
+
+COLUMNS = ("Accelerometer1RMS", "Current", "Pressure", "Temperature", "Volume Flow RateRMS")
+LEVEL = np.array([0.2, 2.4, 0.1, 70.0, 120.0])
+NOISE = np.array([0.002, 0.45, 0.25, 0.3, 0.5])
+KEYS = (
+    "f1",
+    "far",
+    "mar",
+    "nab_standard",
+    "nab_lowfp",
+    "nab_lowfn",
+    "missed_changepoints",
+    "false_positives",
+    "mean_delay_s",
+)
+
+
+def write_file(
+    path: Path, rng: np.random.Generator, rows: int, fault: tuple[int, int] | None
+) -> None:
+    """Normal signals (noise, slow warm-up); a fault drops the flow by 20 noise sigmas."""
+    values = LEVEL + rng.standard_normal((rows, len(COLUMNS))) * NOISE
+    values[:, 3] += np.linspace(0, 2.0, rows)
+    anomaly = np.zeros(rows, dtype=int)
+    cp = np.zeros(rows, dtype=int)
+    if fault:
+        a, b = fault
+        values[a:b, 4] -= 20 * NOISE[4]
+        values[a:b, 1] -= 6 * NOISE[1]
+        anomaly[a:b] = 1
+        cp[[a, b]] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = 1583748000
+    with path.open("w") as f:
+        head = ["datetime", *COLUMNS] + (["anomaly", "changepoint"] if fault else [])
+        f.write(";".join(head) + "\n")
+        for k in range(rows):
+            stamp = (
+                np.datetime64(t0 + k + (30 if k >= 200 else 0), "s").astype(str).replace("T", " ")
+            )
+            cells = [stamp, *(f"{v:.6g}" for v in values[k])]
+            if fault:
+                cells += [f"{anomaly[k]}.0", f"{cp[k]}.0"]
+            f.write(";".join(cells) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> object:
+    """`main(["train", ...])` configures structlog onto this test's captured stderr; undo it
+    so later tests do not log into a closed stream."""
+    yield None
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="module")
+def skab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two groups of labelled files and one anomaly-free recording."""
+    root = tmp_path_factory.mktemp("skab")
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        write_file(root / "valve1" / f"{k}.csv", rng, 900, (550, 750))
+    for k in (1, 2):
+        write_file(root / "other" / f"{k}.csv", rng, 850, (600, 700))
+    write_file(root / "anomaly-free" / "anomaly-free.csv", rng, 3000, None)
+    return root
+
+
+def test_skab_benchmark_json(skab_dir: Path, tmp_path: Path) -> None:
+    """evaluate --skab writes every key overall and per group and finds the large faults."""
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--skab", str(skab_dir), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for group in ("overall", "valve1", "other"):
+        for key in KEYS:
+            assert key in result[group], (group, key)
+    overall = result["overall"]
+    # the window (20 rows) and the clear delay keep the alarm on after each fault ends
+    assert overall["f1"] > 0.8 and overall["far"] < 20 and overall["mar"] < 10
+    assert overall["nab_standard"] > 30
+    assert overall["rows"] == 3 * 500 + 2 * 450
+    assert result["files"]["valve1/0"]["top_inputs"][0] in ("Volume Flow RateRMS", "Current")
+
+
+def test_train_then_evaluate_one_file_matches_benchmark(skab_dir: Path, tmp_path: Path) -> None:
+    """train --data + evaluate --data reproduce the benchmark's figures for that file."""
+    model = tmp_path / "d.onnx"
+    data = skab_dir / "valve1" / "1.csv"
+    assert main(["train", "--data", str(data), "--out", str(model), "--seed", "0"]) == 0
+    out = tmp_path / "one.json"
+    assert main(["evaluate", "--data", str(data), "--model", str(model), "--json", str(out)]) == 0
+    one = json.loads(out.read_text())["files"]["valve1/1"]
+    bench = run_benchmark(skab_dir).metrics()["files"]["valve1/1"]
+    for key in KEYS:
+        assert one[key] == bench[key], key
+
+
+def test_train_is_reproducible(skab_dir: Path, tmp_path: Path) -> None:
+    """Same data and seed, same bytes (creation time pinned by SOURCE_DATE_EPOCH)."""
+    data = str(skab_dir / "other" / "1.csv")
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    blobs = []
+    for name in ("a.onnx", "b.onnx"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent.cli",
+                "train",
+                "--data",
+                data,
+                "--out",
+                str(tmp_path / name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**__import__("os").environ, **env},
+        )
+        assert proc.returncode == 0, proc.stderr
+        blobs.append((tmp_path / name).read_bytes())
+    assert blobs[0] == blobs[1]
+
+
+def test_wrong_model_for_data_is_refused(
+    skab_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV lacking a sensor the model reads gives exit 2 and names the column."""
+    model = tmp_path / "d.onnx"
+    assert main(["train", "--data", str(skab_dir / "valve1" / "0.csv"), "--out", str(model)]) == 0
+    bad = tmp_path / "g" / "x.csv"
+    bad.parent.mkdir()
+    text = (skab_dir / "valve1" / "0.csv").read_text().replace("Pressure", "Pressure2")
+    bad.write_text(text)
+    assert main(["evaluate", "--data", str(bad), "--model", str(model)]) == 2
+    assert "Pressure" in capsys.readouterr().err
+
+
+def test_train_refuses_to_overwrite_rig_detector(
+    skab_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --out a SKAB CSV would replace the shipped detector: refused."""
+    assert main(["train", "--data", str(skab_dir / "valve1" / "0.csv")]) == 2
+    assert "--out" in capsys.readouterr().err
