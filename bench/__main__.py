@@ -20,6 +20,8 @@ BENCHMARKS: tuple[str, ...] = (
     "modbus",
     "uplink",
     "detector_skab",
+    "opcua",
+    "tick_path",
 )
 
 

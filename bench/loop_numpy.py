@@ -17,7 +17,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from models.process.engine import MAX_SUBSTEPS
+from models.process.kernels import MAX_SUBSTEPS
 from models.process.units.water_loop import PARAMS, VALVE_MIN
 
 # Column of each parameter in the (N, P) matrix: the model file's PARAMS order, as the engine's.

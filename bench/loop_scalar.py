@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from models.process.engine import MAX_SUBSTEPS
+from models.process.kernels import MAX_SUBSTEPS
 from models.process.units.water_loop import PARAMS, VALVE_MIN
 
 # Columns of the (N, P) parameter matrix: the model file's PARAMS order, as the engine's.

@@ -9,20 +9,21 @@ shared by all variants):
 - `numba-engine`: `models.process.engine.Ensemble.step` over the built-in Digital Original
   (`units/water_loop.toml`, the spec the agent runs).
 
-Then a full agent tick at N = 1,000: the ensemble step plus `Calibrator.update` when
-`models.process.calibrate` is present. Parameters, ranges and the starting steady state come
-from the spec. Variants are drawn uniformly within +-10 % of the nominal parameters (clipped to
-their declared ranges; variant 0 is nominal), the spread an online calibration works with; all
-variants then take the same number of RK4 sub-steps, so neither implementation pays for the
-other's layout. Before timing, every numba case's outputs are checked against NumPy's (the
-engine picks its own sub-steps, so its difference may include integration error).
+Then a full agent tick at N = 1,000: the ensemble step plus `Calibrator.update`, and after a
+resampling copying the chosen variants' states and taking the new parameters, as the agent
+does (`Ensemble.take`); the notes give how often the tick resampled. Parameters, ranges and
+the starting steady state come from the spec. Variants are drawn uniformly within +-10 % of
+the nominal parameters (clipped to their declared ranges; variant 0 is nominal), the spread an
+online calibration works with; all variants then take the same number of RK4 sub-steps, so
+neither implementation pays for the other's layout. Before timing, every numba case's outputs
+are checked against NumPy's (the engine picks its own sub-steps, so its difference may include
+integration error).
 
     uv run python -m bench.model_step [--quick] [--results-dir DIR] [--repeats N]
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,7 @@ from bench.harness import Options, Row, Target, interleaved, parse_args, report
 from bench.loop_numpy import NumpyLoop
 from bench.loop_scalar import ensemble_advance_scalar
 from edge_agent.config import DEFAULT_SPEC
+from models.process.calibrate import Calibrator
 from models.process.engine import Ensemble
 from models.process.spec import ModelSpec, load_spec
 from models.process.units.water_loop import OUTPUTS
@@ -102,8 +104,7 @@ class EngineCase:
 
     def resampled(self, index: npt.NDArray[np.intp], params: F64) -> None:
         """After a calibrator resampled: copy the chosen variants' states, take new params."""
-        self.ens.set_states(self.ens.states[index])
-        self.ens.set_params(params, checked=True)  # as the agent: the calibrator clips to ranges
+        self.ens.take(index, params)  # as the agent: the calibrator clips to the ranges
 
 
 def cases_for(spec: ModelSpec, variants: F64, x0: F64) -> dict[str, KernelCase | EngineCase]:
@@ -130,21 +131,10 @@ def check_agreement(spec: ModelSpec, variants: F64, x0: F64, steps: int = 20) ->
     return worst
 
 
-def calibrator(spec: ModelSpec, variants: F64, predictions: F64, notes: list[str]) -> Any:
-    """A `Calibrator` over these variants fed one measurement, or None (reason in `notes`)."""
-    try:
-        calibrate = importlib.import_module("models.process.calibrate")
-    except ImportError as exc:
-        notes.append(f"models.process.calibrate not importable ({exc}): tick without calibration")
-        return None
-    try:
-        cal = calibrate.Calibrator(
-            list(spec.params), variants.copy(), SIGMA, lo=spec.lo, hi=spec.hi, seed=0
-        )
-        cal.update(predictions, predictions[0], np.ones(len(SIGMA), dtype=bool), DT)
-    except Exception as exc:  # a module under construction: report, go on
-        notes.append(f"Calibrator present but failed: {type(exc).__name__}: {exc}")
-        return None
+def calibrator(spec: ModelSpec, variants: F64, predictions: F64) -> Calibrator:
+    """A `Calibrator` over these variants, fed one measurement (compiles its kernels)."""
+    cal = Calibrator(list(spec.params), variants.copy(), SIGMA, lo=spec.lo, hi=spec.hi, seed=0)
+    cal.update(predictions, predictions[0], np.ones(len(SIGMA), dtype=bool), DT)
     return cal
 
 
@@ -235,12 +225,16 @@ def tick_benchmark(spec: ModelSpec, opts: Options, notes: list[str]) -> list[Row
     }
     # The plant is variant 0 (nominal) plus a small offset, so weights move but stay finite.
     measured = np.asarray(steppers["numba-engine"].step(u)[0] + 0.5 * SIGMA, dtype=np.float64)
+    cals = {}
     for name, case in steppers.items():
         cases[f"{name} step"] = (partial(case.step, u), 1)
-        cal = calibrator(spec, variants, np.asarray(case.step(u)), notes)
-        if cal is not None:
-            cases[f"{name} step + calibrate"] = (tick_fn(case, cal, u, measured), 1)
+        cal = cals[name] = calibrator(spec, variants, np.asarray(case.step(u)))
+        cases[f"{name} step + calibrate"] = (tick_fn(case, cal, u, measured), 1)
     times = interleaved(cases, opts.repeats, opts.run_s)
+    notes += [
+        f"{name} step + calibrate: {cal.resamples} resamplings in {cal.updates} ticks"
+        for name, cal in cals.items()
+    ]
     return [
         Row(
             group=f"tick N={n}",

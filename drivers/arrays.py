@@ -2,7 +2,7 @@
 
 A polled driver that decodes a response into a NumPy vector (Modbus) would otherwise build one
 `Sample` per value only for the process image to take it apart again. `SampleArrays` hands the
-same information over column-wise: row k is the sample of tag `tags[index[k]]`, with the same
+same information over column-wise: row k is the sample of tag `tags[tag[k]]`, with the same
 meaning as the `Sample` fields (value NaN for BAD samples and for text tags; `reason` and
 `text` hold only the rows that have one). A driver offers it through `ArrayReadable`, beside
 its `read()`, which stays the contract every consumer can rely on.
@@ -20,9 +20,10 @@ EMPTY_INDEX: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
 
 
 class SampleArrays(NamedTuple):
-    """One batch of samples as columns; rows in any order, each tag at most once."""
+    """One batch of samples as columns. A tag comes twice only when a unit timed out beside
+    one of its answered requests; the later row is the one that stays, as with samples."""
 
-    index: npt.NDArray[np.intp]  # type: ignore[assignment]  # shadows tuple.index on purpose
+    tag: npt.NDArray[np.intp]
     """Row k's tag: a position in the driver's `tags`."""
     value: npt.NDArray[np.float64]
     quality: npt.NDArray[np.int8]

@@ -37,6 +37,7 @@ from edge_agent.config import (
     DEFAULT_SPEC,
     Config,
     ConfigError,
+    OpcUaDriverConfig,
     TagBase,
     config_hash,
     resolve,
@@ -46,14 +47,21 @@ from edge_agent.image import ProcessImage
 from edge_agent.learn import Learner
 from edge_agent.notify import Notifier
 from edge_agent.publish import MqttPublisher, MqttSettings
-from edge_agent.report import Reporter
+from edge_agent.report import Reporter, TickColumns
+from edge_agent.sensor_stage import (
+    NullComparator,
+    NullModel,
+    TappedImage,
+    build_sensor_stage,
+)
 from edge_agent.sparkplug.session import SparkplugSession
 from edge_agent.trust import TrustStoreError
 from edge_agent.uplink import Uplink, UplinkSettings
 from models.anomaly.detector import OnnxDetector
-from models.base import ProcessModel
+from models.base import ModelError, ProcessModel
 from models.process.engine import SpecModel
 from models.process.spec import ModelSpec, load_spec
+from models.process.variants import load_variants
 
 log = structlog.get_logger(__name__)
 
@@ -149,21 +157,35 @@ class Agent:
     def __init__(self, cfg: Config, cfg_path: Path) -> None:
         self.cfg = cfg
         self.cfg_path = cfg_path
-        self.drivers: list[Driver] = [d.build() for d in cfg.drivers]
+        state = resolve(cfg_path, cfg.agent.state_dir)
+        self.drivers: list[Driver] = [
+            d.build(state) if isinstance(d, OpcUaDriverConfig) else d.build() for d in cfg.drivers
+        ]
         tags = list(cfg.tags())
-        self.image = ProcessImage([t.name for _, t in tags], [t.range for _, t in tags])
+        image_type = TappedImage if cfg.detector.kind == "sensor" else ProcessImage
+        self.image = image_type([t.name for _, t in tags], [t.range for _, t in tags])
         self.spec: ModelSpec | None = None
-        self.model = self._build_model()
+        self.model = NullModel() if cfg.model.kind == "none" else self._build_model()
         _check_mapping(cfg, cfg_path, self.model.input_names, self.model.output_names)
         self.detector_path = resolve(cfg_path, cfg.detector.path) or DEFAULT_DETECTOR
         self.detector = (
             OnnxDetector.load(self.detector_path, self.model.output_names)
-            if cfg.detector.enabled
+            if cfg.detector.enabled and cfg.detector.kind == "residual"
             else None
         )
+        # [detector] kind = "sensor": raw-signal windows stepped once per source row, fed by
+        # every sample batch the image stores (edge_agent.sensor_stage).
+        self.sensor = (
+            build_sensor_stage(cfg, cfg_path)
+            if cfg.detector.enabled and cfg.detector.kind == "sensor"
+            else None
+        )
+        if isinstance(self.image, TappedImage):
+            self.image.set_tap(self.sensor)
         self.input_tags = [cfg.model.inputs[n] for n in self.model.input_names]
         self.output_tags = [cfg.model.outputs[n] for n in self.model.output_names]
-        self.comparator = Comparator(
+        comparator_type = NullComparator if cfg.model.kind == "none" else Comparator
+        self.comparator = comparator_type(
             self.model,
             self.detector,
             self.image,
@@ -194,7 +216,6 @@ class Agent:
             topic_prefix=prefix,
         )
         self._out_pos = np.array([self.image.index[t] for t in self.output_tags], dtype=np.intp)
-        self._out_set = {int(i) for i in self._out_pos}
         self._tag_of_output = dict(zip(self.model.output_names, self.output_tags, strict=True))
         self.config_hash = config_hash(cfg_path)
         self.state_dir = resolve(cfg_path, cfg.agent.state_dir) or cfg_path.parent
@@ -276,6 +297,14 @@ class Agent:
         else:
             scale = np.ones(len(spec.outputs))
         sigma = np.array([ens.sigma.get(o, float(scale[j])) for j, o in enumerate(spec.outputs)])
+        params = None
+        if ens.variants_file is not None:
+            path = resolve(self.cfg_path, ens.variants_file)
+            assert path is not None
+            try:
+                params = load_variants(path, spec)
+            except ModelError as exc:
+                raise ConfigError(self.cfg_path, [f"model.ensemble.variants_file: {exc}"]) from None
         return Learner(
             spec,
             variants=ens.variants,
@@ -285,6 +314,7 @@ class Agent:
             spread=ens.spread,
             forgetting_s=ens.forgetting_s,
             drift_window_s=ens.drift_window_s,
+            params=params,
         )
 
     def _build_sparkplug(self, tags: list[tuple[str, TagBase]]) -> SparkplugSession | None:
@@ -355,13 +385,7 @@ class Agent:
                 "outputs": list(self.output_tags),
                 "parameters_sha256": _params_hash(self.model),
             },
-            "detector": None
-            if self.detector is None
-            else {
-                "file": self.detector_path.name,
-                "fingerprint": self.detector.metadata.get("training_sha256", ""),
-                "version": self.detector.metadata.get("format_version", ""),
-            },
+            "detector": self._detector_status(),
         }
         if state != "offline":  # the will is built once, before anything is buffered
             doc["uplink"] = {
@@ -369,6 +393,18 @@ class Agent:
                 "compression": self.cfg.uplink.compression,
             }
         return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _detector_status(self) -> dict[str, str] | None:
+        if self.detector is not None:
+            meta = self.detector.metadata
+            return {
+                "file": self.detector_path.name,
+                "fingerprint": str(meta.get("training_sha256", "")),
+                "version": str(meta.get("format_version", "")),
+            }
+        if self.sensor is not None and self.cfg.detector.path is not None:
+            return {"file": Path(self.cfg.detector.path).name, "fingerprint": "", "version": ""}
+        return None
 
     def tick(self, now: float) -> None:
         """One tick: compare, update alarms, publish what is due. Pure CPU, no awaits."""
@@ -394,6 +430,10 @@ class Agent:
             log.info("alarm " + ev.event, kind=ev.kind, tag=ev.tag, score=ev.score)
             out.append(NewEntry("events", rep.alarm_topic, rep.alarm_payload(ev), ts=now))
         self.stats.events += len(events)
+        if self.sensor is not None:  # sensor-window detector: its own anomaly alarm events
+            sensor_events = self.sensor.tick(now, rep)
+            self.stats.events += len(sensor_events)
+            out.extend(sensor_events)
         if self.learner is not None and self.comparator.step_info is not None:
             for doc in self.learner.tick(self.comparator.step_info):
                 body = json.dumps(doc, separators=(",", ":")).encode()
@@ -402,54 +442,46 @@ class Agent:
                 report = self.learner.report(now, self._tag_of_output)
                 out.append(NewEntry("model", rep.model_topic, report, retain=True, ts=now))
                 self._next_model_report = now + self._model_report_s
-        alarm = [self.alarms.state(i) for i in range(n)]
-        text = img.text if img.has_text else None
-        docs = [
-            rep.tag_doc(
-                int(i),
-                now,
-                value=float(img.value[i]),
-                source_ts=float(img.source_ts[i]),
-                quality=int(img.quality[i]),
-                reason=img.reason[i],
-                predicted=float(predicted[i]),
-                residual=float(residual[i]),
-                score=float(score[i]),
-                alarm=alarm[i],
-                cusum=float(cusum[i]),
-                prediction=res.prediction if i in self._out_set else "none",
-                text=img.text[i],
-            )
-            for i in rep.due(
-                now,
-                img.value,
-                residual,
-                img.quality,
-                alarm,
-                text=text,
-            )
-        ]
+        modelled = np.zeros(n, dtype=np.bool_)
+        modelled[self._out_pos] = True
+        cols = TickColumns(
+            value=img.value,
+            source_ts=img.source_ts,
+            quality=img.quality,
+            reason=img.reason,
+            reasoned=img.reasoned,
+            predicted=predicted,
+            residual=residual,
+            score=score,
+            cusum=cusum,
+            alarm=self.alarms.codes(),
+            modelled=modelled,
+            prediction=res.prediction,
+            text=img.text if img.has_text else None,
+            text_idx=img.text_idx,
+        )
+        due = rep.due(now, img.value, residual, img.quality, cols.alarm, text=cols.text,
+                      text_idx=img.text_idx)  # fmt: skip
+        batch_max = self.cfg.uplink.batch_max
         if self.cfg.uplink.per_tag_topics:
             out.extend(
-                NewEntry(
-                    "deltas", rep.tag_topics[img.index[str(d["tag"])]], rep.tag_payload(d), ts=now
-                )
-                for d in docs
+                NewEntry("deltas", rep.tag_topics[i], rep.tag_payload(d), ts=now)
+                for i, d in zip(due.tolist(), rep.docs(now, due, cols), strict=True)
             )
-        elif self.sparkplug is not None and docs:
+        elif self.sparkplug is not None and len(due):
             by_device: dict[str, list[dict[str, object]]] = {}
-            for d in docs:
+            for d in rep.docs(now, due, cols):
                 by_device.setdefault(self._device_of_tag[str(d["tag"])], []).append(d)
             topics = self.sparkplug.device_topics
             out.extend(
                 NewEntry("deltas", topics[device], body, ts=now)
                 for device, group in by_device.items()
-                for body in rep.batches(now, group, self.cfg.uplink.batch_max)
+                for body in rep.batches(now, group, batch_max)
             )
-        elif docs:
+        else:  # the default: batches encoded straight from the arrays, no dict per tag
             out.extend(
                 NewEntry("deltas", rep.deltas_topic, body, ts=now)
-                for body in rep.batches(now, docs, self.cfg.uplink.batch_max)
+                for body in rep.encode_batches(now, due, cols, batch_max)
             )
         self.uplink.submit(out)
         self.stats.ticks += 1
@@ -472,6 +504,8 @@ class Agent:
                 self.stats.overruns += 1
                 next_t = loop.time()
                 delay = 0
+            # Pollers time their reads to land just before this (`edge_agent.acquire`).
+            self.image.next_tick, self.image.tick_period = next_t, period
             await asyncio.sleep(delay)
 
     async def _drain(self, deadline_s: float) -> None:
@@ -506,6 +540,7 @@ class Agent:
                                 st,
                                 poll_interval_s=poll,
                                 connect_timeout_s=dcfg.timeout_s,
+                                image=self.image,
                             ),
                             name=f"acquire:{drv.name}",
                         )

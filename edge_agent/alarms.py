@@ -8,8 +8,9 @@ Two independent alarms per tag:
 - `quality`: the tag's samples stayed BAD for `quality_after_s` (PLC gone, NaN, out of range);
   it clears on the first usable sample.
 
-`update` returns the events (raised / cleared) of this tick; `state()` gives the current
-state per tag for the periodic deltas.
+`update` returns the events (raised / cleared) of this tick; `codes()` gives the current
+state of every tag as an array of codes (`STATE_NAMES[code]`: none, anomaly, quality) for the
+periodic deltas, `state(i)` the name of one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 NONE, ANOMALY, QUALITY = "none", "anomaly", "quality"
+STATE_NAMES = (NONE, ANOMALY, QUALITY)
+"""Alarm state codes 0, 1, 2 as published; quality wins over anomaly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,13 @@ class AlarmTracker:
         self.quality = (self.quality | q_raise) & ~q_clear
         self.raised_total += int(to_raise.sum() + q_raise.sum())
         return events
+
+    def codes(self) -> npt.NDArray[np.int8]:
+        """The alarm state of every tag as a code (index into `STATE_NAMES`): 2 where a quality
+        alarm is raised, else 1 where an anomaly is, else 0."""
+        out = self.anomaly.astype(np.int8)
+        out[self.quality] = 2
+        return out
 
     def state(self, i: int) -> str:
         """The alarm state of tag `i` as published: quality wins over anomaly."""

@@ -92,11 +92,13 @@ StreamKind = Literal["telemetry", "events"]
 
 Lane = Literal["all", "live", "backlog"]
 
+# Rows in flight are skipped inside SQLite (their payloads are never read), then LIMIT n.
 _TAKE_COLUMNS = "SELECT id, stream, seq, topic, payload, retain, ts, epoch, run FROM messages"
+_NOT_IN_FLIGHT = "id NOT IN (SELECT value FROM json_each(?))"
 _TAKE_QUERY: dict[Lane, str] = {
-    "all": f"{_TAKE_COLUMNS} ORDER BY id",
-    "live": f"{_TAKE_COLUMNS} WHERE ts >= ? ORDER BY id",
-    "backlog": f"{_TAKE_COLUMNS} WHERE ts < ? ORDER BY id",
+    "all": f"{_TAKE_COLUMNS} WHERE {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
+    "live": f"{_TAKE_COLUMNS} WHERE ts >= ? AND {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
+    "backlog": f"{_TAKE_COLUMNS} WHERE ts < ? AND {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
 }
 
 _SCHEMA = """
@@ -520,12 +522,12 @@ class Buffer:
                 out: list[Entry] = []
                 if n <= 0:
                     return out
-                query = _TAKE_QUERY[lane]
-                args: tuple[float, ...] = () if lane == "all" else (now - (self.live_s or 0.0),)
-                cur = self._db.execute(query, args)
+                skip = json.dumps(sorted(self._in_flight))
+                args: tuple[float | str | int, ...] = (
+                    (skip, n) if lane == "all" else (now - (self.live_s or 0.0), skip, n)
+                )
+                cur = self._db.execute(_TAKE_QUERY[lane], args)
                 for row_id, stream, seq, topic, payload, retain, ts, epoch, run in cur:
-                    if row_id in self._in_flight:
-                        continue
                     historical = epoch < self._epoch or (
                         self.live_s is not None and now - ts > self.live_s
                     )
@@ -542,8 +544,6 @@ class Buffer:
                             run,
                         )
                     )
-                    if len(out) >= n:
-                        break
                 cur.close()
             except sqlite3.Error as exc:
                 raise BufferStoreError(f"take failed: {exc}") from exc

@@ -19,7 +19,11 @@ EXIT_CONFIG = 2
 
 # Commands that live in their own module: each has `register(subparsers)` and keeps its
 # module-level imports light (heavy ones inside the command function).
-EXTRA_COMMANDS: tuple[str, ...] = ("edge_agent.sign_commands", "edge_agent.evaluate")
+EXTRA_COMMANDS: tuple[str, ...] = (
+    "edge_agent.sign_commands",
+    "edge_agent.evaluate",
+    "edge_agent.opcua_commands",
+)
 
 
 def _set_cache_dir(state_dir: Path) -> None:

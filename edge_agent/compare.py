@@ -1,9 +1,13 @@
 """Compare reality with the Digital Original, once per tick.
 
 Each tick the model is stepped from the last good values of its input tags (actuator commands,
-setpoints) over the time since the previous tick, and its predicted outputs are compared with
-the measured ones. The residuals of the last `window` ticks feed the anomaly detector, which
-gives one score per output.
+setpoints) and its predicted outputs are compared with the measured ones. The model's clock is
+the plant's, not the agent's: it advances by the time between the newest source timestamps of
+the model's tags at this tick and at the previous step, so jitter of the tick, a late tick and a
+PLC that publishes late are all integrated over the time that really passed. A tick that brings
+no newer sample does not step the model (there is nothing new to compare): it returns the
+previous result again, with `step_info` None. The residuals of the last `window` steps feed
+the anomaly detector, which gives one score per output.
 
 Rules that keep a hiccup from turning into an alarm storm or a poisoned model:
 - BAD samples never reach the model: inputs hold their last good value (`ProcessImage`), the
@@ -13,8 +17,8 @@ Rules that keep a hiccup from turning into an alarm storm or a poisoned model:
 - After each comparison the model's observer pulls its slow states towards the comparable
   measurements (`ProcessModel.observe`), so slow model error does not accumulate.
 - The model state is re-synchronised from measurements at start, when an output returns after
-  being BAD for `resync_after_s`, after a gap between ticks longer than `max_gap_s`, and on
-  demand (`request_resync`, SIGUSR1 on the agent).
+  being BAD for `resync_after_s`, after a gap in the samples' time longer than `max_gap_s` (or a
+  clock that went backwards), and on demand (`request_resync`, SIGUSR1 on the agent).
 - Beside the ONNX score, the residuals are whitened and run through a per-output CUSUM
   (`models.anomaly.cusum`): a fast, explainable second score, 1.0 = its threshold.
 
@@ -47,6 +51,8 @@ class StepInfo:
 
 
 PREDICTION_GOOD, PREDICTION_UNCERTAIN, PREDICTION_NONE = "good", "uncertain", "none"
+MIN_STEP_S = 1e-3
+"""Samples newer than the last step by less than this are not a new step."""
 
 
 @dataclass(slots=True)
@@ -88,6 +94,7 @@ class Comparator:
         self.output_tags = output_tags
         self.in_idx = np.array([image.index[t] for t in input_tags], dtype=np.intp)
         self.out_idx = np.array([image.index[t] for t in output_tags], dtype=np.intp)
+        self.model_idx = np.concatenate([self.in_idx, self.out_idx])
         self.resync_after_s = resync_after_s
         self.max_gap_s = max_gap_s
         self.max_input_age_s = max_input_age_s
@@ -105,6 +112,8 @@ class Comparator:
         self.resyncs = 0
         self._nan_out = np.full(n_out, np.nan)
         self._nan_score = np.full(n_out, np.nan, dtype=np.float32)
+        self._last: CompareResult | None = None
+        self.held_ticks = 0
 
     def request_resync(self) -> None:
         """Re-initialise the model from measurements on the next tick (on demand)."""
@@ -129,7 +138,7 @@ class Comparator:
 
         if not np.isfinite(inputs).all():
             # Some input has never been seen GOOD: nothing to drive the model with yet.
-            self.last_ts = now
+            self.last_ts = None
             self.step_info = None
             return CompareResult(
                 self._nan_out, self._nan_out, self._nan_score, self._nan_out, False, False,
@@ -142,7 +151,19 @@ class Comparator:
         self.bad_since[returning] = np.nan
         self.bad_since[~out_ok & ~np.isfinite(self.bad_since)] = now
 
-        dt = 0.0 if self.last_ts is None else now - self.last_ts
+        # The plant's clock: the newest source timestamp among the model's tags.
+        t_data = float(img.source_ts[self.model_idx].max())
+        dt = 0.0 if self.last_ts is None else t_data - self.last_ts
+        if (
+            self.started
+            and self._last is not None
+            and 0.0 <= dt < MIN_STEP_S
+            and not self._resync_requested
+            and not long_outage.any()
+        ):
+            self.step_info = None  # no newer sample: nothing to integrate or compare
+            self.held_ticks += 1
+            return self._last
         resync = (
             not self.started
             or self._resync_requested
@@ -154,7 +175,7 @@ class Comparator:
             self._resync(inputs, measured)
             self.started = True
             dt = 0.0
-        self.last_ts = now
+        self.last_ts = t_data
         # Zero-order hold: over the interval just ended the plant saw the previous inputs.
         held = inputs if resync or self.prev_inputs is None else self.prev_inputs
         predicted = self.model.step(held, dt)
@@ -180,7 +201,10 @@ class Comparator:
         if self.detector is not None and (self.valid_run >= len(self.window)).any():
             raw = self.detector.score(self.window)
             score = np.where(self.valid_run >= len(self.window), raw, np.nan).astype(np.float32)
-        return CompareResult(predicted, residual, score, cusum, inputs_good, resync, prediction)
+        self._last = CompareResult(
+            predicted, residual, score, cusum, inputs_good, resync, prediction
+        )
+        return self._last
 
 
 def residual_series(model: ProcessModel, ts: F64, inputs: F64, outputs: F64) -> F64:

@@ -147,6 +147,11 @@ class EnsembleSection(_Strict):
     """Parameter variants stepped beside the nominal model and calibrated online."""
 
     variants: int = Field(default=200, ge=1, le=10_000)
+    variants_file: str | None = Field(
+        default=None,
+        description="explicit variants (.csv or .toml, see models.process.variants); "
+        "replaces variants/spread/seed sampling",
+    )
     vary: list[str] = Field(default_factory=list, description="parameters to vary; [] = all")
     seed: int = 0
     spread: float = Field(default=1.0, gt=0, le=1.0, description="fraction of each range")
@@ -159,7 +164,7 @@ class EnsembleSection(_Strict):
 
 
 class ModelSection(_Strict):
-    kind: Literal["loop", "spec", "fmu"] = "loop"
+    kind: Literal["loop", "spec", "fmu", "none"] = "loop"  # "none": no [model] (sensor detector)
     spec: str | None = Field(default=None, description="model TOML (kind = 'spec')")
     fmu: str | None = Field(default=None, description="FMI 2.0 co-simulation FMU (kind = 'fmu')")
     inputs: dict[str, str]
@@ -172,10 +177,46 @@ class ModelSection(_Strict):
 
 
 class DetectorSection(_Strict):
+    """`kind = "residual"`: the ONNX detector on Digital Original residuals (needs `[model]`);
+    `kind = "sensor"`: a sensor-window detector on raw tag values, stepped once per source row
+    with the alarm settings stored in its file (`edge_agent.sensor_stage`)."""
+
     enabled: bool = True
+    kind: Literal["residual", "sensor"] = "residual"
     path: str | None = None
     raise_after_s: float = Field(default=1.0, ge=0)
     clear_after_s: float = Field(default=3.0, ge=0)
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="sensor: detector input name -> tag (default: same)"
+    )
+    tag: str | None = Field(default=None, description="sensor: alarms on this tag (default: top)")
+    clock_tag: str | None = Field(
+        default=None, description="sensor: rows start at each new value of this tag"
+    )
+    time_scale: float = Field(
+        default=1.0, gt=0, description="sensor: process seconds per source second (replay: N)"
+    )
+
+    def problems(self, defined: set[str], model_kind: str) -> list[str]:
+        """Cross-field problems of this section, each with its key and the fix."""
+        out: list[str] = []
+        if self.kind == "residual":
+            sensor_only = ("inputs", "tag", "clock_tag", "time_scale")
+            out += [f"detector.{k}: only for kind = 'sensor'" for k in sensor_only
+                    if k in self.model_fields_set]  # fmt: skip
+            if model_kind == "none":
+                out.append("model: missing; the residual detector needs a [model] section "
+                           "(or set detector.kind = 'sensor')")  # fmt: skip
+            return out
+        if self.path is None and self.enabled:
+            out.append("detector.path: required with kind = 'sensor' (the detector's .onnx)")
+        for k in ("raise_after_s", "clear_after_s"):
+            if k in self.model_fields_set:
+                out.append(f"detector.{k}: the sensor detector's alarm settings are in its file")
+        for key, tag in (("tag", self.tag), ("clock_tag", self.clock_tag)):
+            if tag is not None and tag not in defined:
+                out.append(f"detector.{key}: tag {tag!r} is not defined by any driver")
+        return out
 
 
 class Config(_Strict):
@@ -184,7 +225,10 @@ class Config(_Strict):
     uplink: UplinkSection = UplinkSection()
     downlink: DownlinkSection = DownlinkSection()
     sparkplug: SparkplugSection = SparkplugSection()
-    model: ModelSection
+    # Optional only with a sensor detector (no process model: `edge_agent.sensor_stage.NullModel`).
+    model: ModelSection = Field(
+        default_factory=lambda: ModelSection(kind="none", inputs={}, outputs={})
+    )
     detector: DetectorSection = DetectorSection()
     drivers: list[DriverConfig] = Field(min_length=1)
 
@@ -251,6 +295,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
                     "add it to a driver's tags or map the model name to an existing tag"
                 )
     m = cfg.model
+    problems.extend(cfg.detector.problems(set(seen_tags), m.kind))
+    if m.kind == "none" and (m.inputs or m.outputs or m.ensemble is not None):
+        problems.append("model.kind: 'none' has no inputs, outputs or ensemble; remove them")
     if m.kind == "spec" and m.spec is None:
         problems.append("model.spec: required with kind = 'spec' (the model's TOML file)")
     if m.kind == "fmu" and m.fmu is None:

@@ -6,9 +6,11 @@ every tick with the same held inputs and time step, in one compiled call. A part
 calibrator (`models.process.calibrate.Calibrator`) weights the variants by how well they explain
 the comparable measurements, resamples with jitter so the cloud can follow a parameter that
 moves, and gives the posterior mean and standard deviation of every parameter. A
-`DriftMonitor` flags a parameter that changes slowly and monotonically (drift: ageing) apart from
-an output that no variant explains (fault: something the model family does not contain, such as
-a leak or a stuck sensor).
+`models.process.drift.DriftMonitor` flags a parameter that changes slowly and monotonically
+(drift: ageing) apart from an output that no variant explains (fault: something the model
+family does not contain, such as a leak or a stuck sensor). The variants are sampled from the
+declared ranges, or listed explicitly (`params`, e.g. from `models.process.variants.
+load_variants`).
 
 What is published (by `Learner.report`, retained on `<prefix>/model`): the estimate of every
 varied parameter with its std, nominal, unit and drift flag, the effective sample size, and the
@@ -22,19 +24,28 @@ import json
 import math
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from edge_agent.compare import StepInfo
 from models.base import F64
-from models.process.calibrate import Calibrator, DriftMonitor, DriftReport
-from models.process.engine import Ensemble, sample_params
+from models.process.calibrate import Calibrator
+from models.process.drift import DriftMonitor, DriftReport
+from models.process.engine import Ensemble
 from models.process.spec import ModelSpec
+from models.process.variants import check_params, sample_params
 
 log = structlog.get_logger(__name__)
 
 
 class Learner:
-    """Steps the ensemble, calibrates it, and watches the posterior for drift and faults."""
+    """Steps the ensemble, calibrates it, and watches the posterior for drift and faults.
+
+    Variants: `variants` drawn within `spread` of each range for the parameters in `vary`, the
+    others held at nominal; or, with `params` (N, P), exactly those rows (`variants` and
+    `spread` unused; a parameter equal in every row is held). Reported are the parameters in
+    `vary` that differ between the variants.
+    """
 
     def __init__(
         self,
@@ -47,17 +58,22 @@ class Learner:
         spread: float = 1.0,
         forgetting_s: float = 30.0,
         drift_window_s: float = 600.0,
+        params: npt.ArrayLike | None = None,
     ) -> None:
         self.spec = spec
-        names = [p for p in spec.params]
-        params = sample_params(spec, variants, seed=seed, spread=spread)
-        fixed = [i for i, n in enumerate(names) if n not in vary]
-        params[:, fixed] = spec.nominal[fixed]
-        self.varied = [names.index(n) for n in vary]
-        self.ensemble = Ensemble(spec, params)
+        names = list(spec.params)
+        if params is None:
+            ps = sample_params(spec, variants, seed=seed, spread=spread)
+            fixed = [i for i, n in enumerate(names) if n not in vary]
+            ps[:, fixed] = spec.nominal[fixed]
+        else:
+            ps = check_params(spec, params)
+        self.ensemble = Ensemble(spec, ps)
         self.calibrator = Calibrator(
-            names, params, sigma, forgetting_s=forgetting_s, lo=spec.lo, hi=spec.hi, seed=seed
+            names, ps, sigma, forgetting_s=forgetting_s, lo=spec.lo, hi=spec.hi, seed=seed
         )
+        differ = set(self.calibrator.varied)
+        self.varied = [names.index(n) for n in vary if n in differ]
         self.monitor = DriftMonitor(names, spec.outputs, window_s=drift_window_s)
         self.report_state: DriftReport | None = None
         self._drift_prev = dict.fromkeys(names, False)
@@ -77,9 +93,7 @@ class Learner:
         cal = self.calibrator
         cal.update(predictions, np.where(valid, info.measured, 0.0), valid, info.dt)
         if cal.resampled is not None:
-            states = ens.states[cal.resampled]
-            ens.set_params(cal.params, checked=True)  # the calibrator clips to the ranges
-            ens.set_states(states)
+            ens.take(cal.resampled, cal.params)  # the calibrator clips to the ranges
         self.updates += 1
         report = self.monitor.observe(info.now, cal)
         self.report_state = report
@@ -87,12 +101,12 @@ class Learner:
 
     def _events(self, now: float, report: DriftReport) -> list[dict[str, object]]:
         events: list[dict[str, object]] = []
-        mean, _ = self.calibrator.mean_std()
         for i in self.varied:  # a parameter held at nominal cannot drift
             name = self.spec.params[i]
             flag = bool(report.drift.get(name, False))
             if flag != self._drift_prev[name]:
                 change = report.change.get(name, math.nan)
+                mean, _ = self.calibrator.mean_std()
                 events.append({
                     "ts": round(now, 3), "event": "raised" if flag else "cleared",
                     "kind": "drift", "tag": None, "param": name,

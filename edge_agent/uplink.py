@@ -43,7 +43,7 @@ from edge_agent.publish import MqttPublisher, PublishError
 log = structlog.get_logger(__name__)
 
 PAYLOAD_VERSION = 1
-COMMIT_DELAY_S = 0.02
+COMMIT_DELAY_S = 0.05
 """Acknowledged ids are deleted from the buffer in batches, at most this long after PUBACK."""
 HISTORICAL_CHECK_S = 0.25
 """How often the forwarder asks the buffer whether a backlog is waiting."""

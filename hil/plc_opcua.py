@@ -6,21 +6,34 @@ under `Objects/Loop/<name>` in namespace `hil.tags.NAMESPACE_URI` (string node i
 (the plc-restart fault stops it and starts a fresh server on the same port) and the fast
 server-side write path the plant uses at its tick rate. It does not own the plant.
 
-Security: only the None policy is offered for now; `security_policies` is the seam where
-signed/encrypted endpoints will plug in.
+Security: by default only the None policy with anonymous access (what the demo and the
+integration tests use). `security_policies` adds signed/encrypted endpoints, served with a
+self-signed server certificate kept in `pki_dir` (created on the first start and reused across
+restarts, as a real PLC keeps its certificate); `users` (name -> password) turns on
+username/password authentication, and `allow_anonymous=False` then refuses anonymous sessions.
+The server accepts any client certificate (a test rig, not a trust store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import socket
+import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import structlog
 from asyncua import ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hil.tags import NAMESPACE_URI, OPCUA_FOLDER, TagDef
 
@@ -40,6 +53,32 @@ _UNECE = {
 }
 _UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
 _PATH = "/edge-agent/hil/"
+_APP_URI = "urn:edge-agent:hil:process-plc"
+
+
+class _Users(UserManager):
+    """asyncua user manager: the configured users with their passwords, anonymous optional."""
+
+    def __init__(self, users: Mapping[str, str], allow_anonymous: bool) -> None:
+        self._users = dict(users)
+        self._anonymous = allow_anonymous
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        del iserver, certificate
+        if username is None:
+            return User(role=UserRole.User) if self._anonymous else None
+        expected = self._users.get(username)
+        if expected is None or password is None:
+            return None
+        if not hmac.compare_digest(expected.encode(), password.encode()):
+            return None
+        return User(role=UserRole.User, name=username)
 
 
 def _node_id(identifier: str, ns: int) -> ua.NodeId:
@@ -74,6 +113,9 @@ class OpcUaPlc:
         port: int = 0,
         *,
         security_policies: Sequence[ua.SecurityPolicyType] = (ua.SecurityPolicyType.NoSecurity,),
+        pki_dir: Path | None = None,
+        users: Mapping[str, str] | None = None,
+        allow_anonymous: bool = True,
     ) -> None:
         self.tags = tuple(tags)
         if len({t.name for t in self.tags}) != len(self.tags):
@@ -81,6 +123,11 @@ class OpcUaPlc:
         self.host = host
         self.port = port
         self.security_policies = tuple(security_policies)
+        self.users = dict(users or {})
+        self.allow_anonymous = allow_anonymous
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.pki_dir = pki_dir
+        self.server_certificate: bytes | None = None  # DER, after the first secured start
         self.namespace_index = 0
         self._values: dict[str, ua.DataValue] = {
             t.name: ua.DataValue(ua.Variant(0.0, ua.VariantType.Double)) for t in self.tags
@@ -102,17 +149,49 @@ class OpcUaPlc:
         """The node id of one tag as a string, e.g. `ns=2;s=Loop.flow` (valid after start)."""
         return self._node_ids[name].to_string()
 
+    def session_count(self) -> int:
+        """Sessions the server holds right now (0 when stopped)."""
+        server = self._server
+        if server is None:
+            return 0
+        return len(server.iserver._external_sessions)  # asyncua keeps no public count
+
+    async def _load_certificate(self, server: Server) -> None:
+        if self.pki_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="hil-pki-")
+            self.pki_dir = Path(self._tmp.name)
+        cert_file, key_file = self.pki_dir / "server_cert.der", self.pki_dir / "server_key.pem"
+        self.pki_dir.mkdir(parents=True, exist_ok=True)
+        await setup_self_signed_certificate(
+            key_file,
+            cert_file,
+            _APP_URI,
+            socket.gethostname(),
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"organizationName": "edge-agent hil"},
+        )
+        await server.load_certificate(str(cert_file))
+        await server.load_private_key(str(key_file))
+        self.server_certificate = cert_file.read_bytes()
+
     async def start(self) -> None:
         """Build the address space and listen. No-op when running."""
         if self._server is not None:
             return
         # asyncua logs every session and subscription at INFO through stdlib logging.
         logging.getLogger("asyncua").setLevel(logging.WARNING)
-        server = Server()
+        server = Server(user_manager=_Users(self.users, self.allow_anonymous))
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edge-agent hil process plc")
         server.set_security_policy(list(self.security_policies))
+        if any(p != ua.SecurityPolicyType.NoSecurity for p in self.security_policies):
+            await server.set_application_uri(_APP_URI)
+            await self._load_certificate(server)
+        tokens: list[type] = [ua.UserNameIdentityToken] if self.users else []
+        if self.allow_anonymous or not self.users:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
         idx = await server.register_namespace(NAMESPACE_URI)
         folder = await server.nodes.objects.add_folder(
             _node_id(OPCUA_FOLDER, idx), ua.QualifiedName(OPCUA_FOLDER, idx)
@@ -159,6 +238,12 @@ class OpcUaPlc:
         await server.stop()
         log.info("opcua plc stopped", endpoint=self.endpoint)
 
+    def cleanup(self) -> None:
+        """Remove a temporary certificate folder made by `start` (stop first)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
     async def write_values(self, values: Mapping[str, float], source_ts: float) -> None:
         """Set the values of this PLC's tags with SourceTimestamp `source_ts` (Unix seconds).
 
@@ -191,3 +276,4 @@ class OpcUaPlc:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+        self.cleanup()

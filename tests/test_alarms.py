@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.alarms import ANOMALY, NONE, QUALITY, AlarmTracker
+from edge_agent.alarms import ANOMALY, NONE, QUALITY, STATE_NAMES, AlarmTracker
 
 
 def tracker() -> AlarmTracker:
@@ -69,3 +69,17 @@ def test_contributors_name_the_top_scores() -> None:
     evs = t.update(1.0, np.array([1.2, 3.0]), np.array([False, False]), ["", ""])
     assert {e.tag for e in evs} == {"a", "b"}
     assert evs[0].contributors[0][0] == "b"
+
+
+def test_codes_name_every_tags_state() -> None:
+    """`codes()` gives each tag's published state as a code: quality wins over anomaly."""
+    t = tracker()
+    run(t, 0.0, 1.5, 1.5, bad=(False, True))
+    run(t, 1.0, 1.5, 1.5, bad=(False, True))
+    assert [STATE_NAMES[c] for c in t.codes()] == [t.state(0), t.state(1)] == [ANOMALY, ANOMALY]
+    run(t, 2.0, 1.5, 1.5, bad=(False, True))
+    assert [STATE_NAMES[c] for c in t.codes()] == [ANOMALY, QUALITY]
+    run(t, 2.1, 1.5, 1.5)
+    assert t.codes().tolist() == [1, 1] and t.codes().dtype == np.int8
+    fresh = tracker()
+    assert fresh.codes().tolist() == [0, 0] and fresh.state(0) == NONE

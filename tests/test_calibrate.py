@@ -11,14 +11,14 @@ cannot be explained by any (a, b): matching y0 for every u pins both parameters.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from models.process.calibrate import Calibrator, DriftMonitor, DriftReport
+from models.process.calibrate import Calibrator
+from models.process.drift import DriftMonitor, DriftReport
 
 NAMES = ("a", "b")
 OUTPUTS = ("y0", "y1")
@@ -283,41 +283,3 @@ def test_bad_shapes_are_rejected() -> None:
         cal.update(np.zeros((3, 2)), np.zeros(2), ALL, DT)
     with pytest.raises(ValueError, match="dt"):
         cal.update(np.zeros((4, 2)), np.zeros(2), ALL, -1.0)
-
-
-def _numpy_update(
-    logw: np.ndarray, pred: np.ndarray, y: np.ndarray, beta: float
-) -> tuple[np.ndarray, float]:
-    """The weight update in plain NumPy (no gate, no EWMA): the benchmark's baseline."""
-    r = np.abs((y - pred) / SIGMA)
-    rho = np.where(r <= 3.0, 0.5 * r**2, 3.0 * (r - 1.5)).sum(axis=1)
-    out = 0.999 * logw - beta * rho
-    out -= out.max()
-    w = np.exp(out)
-    return out, float(w.sum() ** 2 / (w * w).sum())
-
-
-@pytest.mark.bench
-def test_bench_update_cost() -> None:
-    """Prints the cost of one update at N = 1,000 and 10,000 against a plain NumPy update."""
-    for n in (1_000, 10_000):
-        params = prior(n, 9)
-        cal = Calibrator(NAMES, params, SIGMA, ess_frac=1e-9)
-        pred = predict(params, 3.0)
-        y = pred[0].copy()
-        reps = 2_000 if n == 1_000 else 300
-        cal.update(pred, y, ALL, DT)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            cal.update(pred, y, ALL, DT)
-        ours = (time.perf_counter() - t0) / reps
-        logw = np.zeros(n)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            logw, _ess = _numpy_update(logw, pred, y, 0.01)
-        base = (time.perf_counter() - t0) / reps
-        print(
-            f"N={n}: update {ours * 1e6:.1f} us, numpy baseline {base * 1e6:.1f} us, "
-            f"ratio {ours / base:.2f}"
-        )
-        assert np.isfinite(cal.weights).all()

@@ -267,6 +267,18 @@ def output(x, u, p, y):
         ),
         (GOOD_PY.replace("STATES = (", "STATEZ = ("), "", "", r"STATES: missing"),
         (
+            GOOD_PY + "\ndef max_rate(x, u, p):\n    return 0.5 * p[0]\n",
+            "",
+            "",
+            r"max_rate: 0\.5 1/s is below the finite-difference Gershgorin bound 2 1/s",
+        ),
+        (
+            GOOD_PY + "\ndef max_rate(x, u, p):\n    return -1.0\n",
+            "",
+            "",
+            r"max_rate: must return a finite rate >= 0, got -1\.0",
+        ),
+        (
             GOOD_PY.replace("-p[0] * x[0]", "-p[0] * x[0] * len({'a': [1]}['a'][0:1] + ['x'])"),
             "",
             "",
@@ -288,6 +300,8 @@ def output(x, u, p, y):
         "unknown_param_key",
         "param_not_in_model_file",
         "missing_states",
+        "max_rate_too_low",
+        "max_rate_negative",
         "not_compilable",
     ],
 )
@@ -350,3 +364,163 @@ def test_compiled_kernel_cached_across_processes_and_never_stale(minimal_toml: P
     finally:
         py.write_text(original)
     assert math.isclose(edited, 0.5, rel_tol=1e-6)  # x' = -2 x + 1 from its steady state
+
+
+ARRAY_PY = """\
+import numpy as np
+
+STATES = ("a", "b", "c")
+INPUTS = ("u",)
+OUTPUTS = ("total", "b")
+PARAMS = ("k", "c_ab")
+
+
+def derivative(x, u, p, dx):
+    # Array-only code: `.shape` and a NumPy reduction do not exist on tuples.
+    n = x.shape[0]
+    mean = np.sum(x) / n
+    for i in range(n):
+        dx[i] = -p[0] * x[i] + p[1] * (mean - x[i])
+    dx[0] += u[0]
+
+
+def output(x, u, p, y):
+    y[0] = np.sum(x)
+    y[1] = x[1]
+"""
+
+
+def _array_model(tmp_path: Path) -> ModelSpec:
+    (tmp_path / "arr.py").write_text(ARRAY_PY)
+    toml = tmp_path / "arr.toml"
+    toml.write_text(
+        '[model]\nname = "array_model"\nfile = "arr.py"\nintegrator = "rk4"\nsubstep_s = 0.05\n'
+        "[nominal_inputs]\nu = 1.0\n[nominal_states]\na = 1.0\n"
+        "[params]\nk = { nominal = 0.8, range = [0.1, 2.0] }\n"
+        "c_ab = { nominal = 3.0, range = [0.0, 10.0] }\n"
+    )
+    return load_spec(toml)
+
+
+def test_array_kernel_fallback_matches_solve_ivp(tmp_path: Path) -> None:
+    """A model authored through the public API that needs arrays (not tuples) runs on the
+    array kernel and matches solve_ivp; its ensemble equals separate runs."""
+    spec = _array_model(tmp_path)
+    ens = Ensemble(spec)
+    assert ens.kernel == "arrays"
+    assert Ensemble(LOOP).kernel == "tuples"
+    rng = np.random.default_rng(8)
+    us = [np.array([rng.uniform(-2.0, 2.0)]) for _ in range(20)]
+    x0 = np.array([1.0, 0.0, -0.5])
+    ref = _reference(spec, x0, us, 0.7)
+    got = _engine_run(spec, x0, us, 0.7)
+    rel = np.max(np.abs(got - ref) / (1.0 + np.abs(ref)))
+    assert rel < 1e-5  # RK4 at <= 0.05 s against rates up to k + c_ab = 3.8 /s (measured 2.1e-6)
+    params = np.array([[0.8, 3.0], [0.3, 1.0], [1.5, 6.0]])
+    many = Ensemble(spec, params)
+    many.set_states(x0)
+    for u in us:
+        y = many.step(u, 0.7)
+    for v in range(3):
+        one = Ensemble(spec, params[v])
+        one.set_states(x0)
+        for u in us:
+            y1 = one.step(u, 0.7)
+        assert np.array_equal(y1[0], y[v])
+
+
+def test_dt_may_change_every_call() -> None:
+    """Each step takes its own dt (jitter, late ticks): a run whose dt changes every call
+    matches solve_ivp over the same intervals, for both RK4 kernels' models."""
+    rng = np.random.default_rng(12)
+    for spec, make_inputs, bound in ((LOOP, _loop_inputs, 3e-6), (HX, _hx_inputs, 1e-9)):
+        ens = Ensemble(spec)
+        x = ref = spec.nominal_states.copy()
+        ens.set_states(x)
+        u = make_inputs(rng)
+        worst = 0.0
+        for k in range(40):
+            u = make_inputs(rng) if k % 8 == 0 else u
+            dt = float(rng.choice([0.02, 0.1, 0.13, 0.5, 1.7]))
+            ref = _reference(spec, ref, [u], dt)[-1]
+            ens.step(u, dt)
+            x = ens.states[0]
+            worst = max(worst, float(np.max(np.abs(x - ref) / (1.0 + np.abs(ref)))))
+        assert worst < bound  # measured 6.9e-7 (loop), 1.0e-10 (heat exchanger)
+
+
+def _gershgorin(spec: ModelSpec, x: F64, u: F64, p: F64) -> float:
+    """The finite-difference Gershgorin bound of the derivative, as the engine computes it."""
+    deriv = python_functions(spec)["derivative"]
+    f0 = np.empty_like(x)
+    deriv(x, u, p, f0)
+    rows = np.zeros(len(x))
+    for j in range(len(x)):
+        xe = x.copy()
+        eps = 1e-7 * max(abs(x[j]), 1.0)
+        xe[j] += eps
+        fe = np.empty_like(x)
+        deriv(xe, u, p, fe)
+        rows += np.abs((fe - f0) / eps)
+    return float(rows.max())
+
+
+def test_water_loop_max_rate_bounds_the_jacobian() -> None:
+    """The loop's analytic `max_rate` is at least the finite-difference Gershgorin bound it
+    replaces, over random states, inputs and parameters within their ranges."""
+    rate = python_functions(LOOP)["max_rate"]
+    rng = np.random.default_rng(21)
+    for ps in sample_params(LOOP, 300, seed=22):
+        u = np.array([rng.uniform(0, 100), rng.uniform(0, 100), rng.uniform(0, 100),
+                      rng.uniform(0, 5)])  # fmt: skip
+        x = np.array([rng.uniform(-10, 120), rng.uniform(0, 1.5), rng.uniform(5, 90),
+                      rng.uniform(5, 120)])  # fmt: skip
+        assert rate(x, u, ps) >= _gershgorin(LOOP, x, u, ps) * (1 - 1e-6)
+
+
+def test_a_long_dt_is_sub_stepped_safely(tmp_path: Path) -> None:
+    """A 5 s step after a late tick, with a nearly closed valve and a short water column (the
+    flow dynamics stiff: rho * substep_s > 2.8, beyond RK4's stability limit), stays stable and
+    matches solve_ivp: rk4-substep shortens its sub-steps below 1 / rho. The same step with
+    plain "rk4" at the same 0.05 s sub-steps blows up."""
+    u = np.array([100.0, 100.0, 5.0, 1.0])  # outlet valve at the 5 % floor
+    params = LOOP.nominal.copy()
+    params[LOOP.index("inertance_m_s_per_lpm")] = 0.05  # a short, stiff water column
+    ens = Ensemble(LOOP, params)
+    ens.reset(u, np.full(len(LOOP.outputs), np.nan))
+    x0 = ens.states[0].copy()
+    x0[0] *= 1.5  # off the steady state: a real transient
+    ens.set_states(x0)
+    ens.step(u, 5.0)
+    deriv = python_functions(LOOP)["derivative"]
+
+    def f(_t: float, xv: F64) -> F64:
+        dx = np.empty_like(xv)
+        deriv(xv, u, params, dx)
+        return dx
+
+    ref = solve_ivp(f, (0.0, 5.0), x0, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
+    got = ens.states[0]
+    assert np.max(np.abs(got - ref) / (1.0 + np.abs(ref))) < 1e-8  # measured 5e-11
+    text = (UNITS_DIR / "water_loop.toml").read_text()
+    plain = tmp_path / "loop_rk4.toml"
+    plain.write_text(
+        text.replace('"water_loop.py"', repr(str(UNITS_DIR / "water_loop.py"))).replace(
+            'integrator = "rk4-substep"', 'integrator = "rk4"'
+        )
+    )
+    naive = Ensemble(load_spec(plain), params)
+    naive.set_states(x0)
+    y = naive.step(u, 5.0)
+    assert not (np.all(np.isfinite(y)) and abs(y[0, 0] - ref[0]) < 1.0)
+    # Without `max_rate` the finite-difference Gershgorin bound does the same job.
+    source = (UNITS_DIR / "water_loop.py").read_text()
+    (tmp_path / "loop_fd.py").write_text(source[: source.index("\n\ndef max_rate(")] + "\n")
+    fd = tmp_path / "loop_fd.toml"
+    fd.write_text(text.replace('"water_loop.py"', '"loop_fd.py"'))
+    spec_fd = load_spec(fd)
+    assert "max_rate" not in python_functions(spec_fd)
+    ens_fd = Ensemble(spec_fd, params)
+    ens_fd.set_states(x0)
+    ens_fd.step(u, 5.0)
+    assert np.max(np.abs(ens_fd.states[0] - ref) / (1.0 + np.abs(ref))) < 1e-8

@@ -6,6 +6,7 @@ samples by hand, and the comparator is ticked directly.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from drivers.base import Quality, Sample
 from edge_agent.agent import Agent
 from edge_agent.config import ConfigError, parse_config
+from edge_agent.demo import DEMO_CONFIG
 from models.process.engine import SpecModel
 from models.process.fmu import FmuModel
 from models.process.units import UNITS_DIR
@@ -118,3 +120,25 @@ def test_unknown_varied_parameter_is_named(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     with pytest.raises(ConfigError, match=r"model.ensemble.vary: 'fouling'.*heat_exchanger"):
         Agent(parse_config(data, path), path)
+
+
+def test_explicit_variants_file_runs_exactly_those_variants(tmp_path: Path) -> None:
+    """`model.ensemble.variants_file` runs the listed variants (missing parameters at nominal);
+    a value outside its declared range is a config error naming the key, the variant and the
+    line."""
+    variants = tmp_path / "variants.csv"
+    variants.write_text("variant,pump_efficiency_frac\nnew,0.44\nworn,0.38\n")
+    data = tomllib.loads(DEMO_CONFIG.read_text())
+    data["agent"]["state_dir"] = str(tmp_path / "state")
+    data["model"]["ensemble"] = {"variants_file": str(variants), "vary": ["pump_efficiency_frac"]}
+    agent = Agent(parse_config(data, DEMO_CONFIG), DEMO_CONFIG)
+    assert agent.learner is not None
+    spec = agent.learner.spec
+    params = agent.learner.ensemble.params
+    eff = spec.params.index("pump_efficiency_frac")
+    np.testing.assert_allclose(params[:, eff], [0.44, 0.38])
+    other = [i for i in range(len(spec.params)) if i != eff]
+    np.testing.assert_allclose(params[:, other], np.tile(spec.nominal[other], (2, 1)))
+    variants.write_text("variant,pump_efficiency_frac\nnew,0.44\nbroken,7.0\n")
+    with pytest.raises(ConfigError, match=r"model.ensemble.variants_file: .*variants\[1\]"):
+        Agent(parse_config(data, DEMO_CONFIG), DEMO_CONFIG)

@@ -277,7 +277,7 @@ class ModbusDriver:
             answered += outcome == "answered"
         if attempted and not answered and all(u.down_since for u in self._units.values()):
             raise self._lost("no unit answers")
-        return _concat([a for a, _ in parts if len(a.index)])
+        return _concat([a for a, _ in parts if len(a.tag)])
 
     async def _read_one_arrays(self, link: Link, p: _Planned) -> tuple[SampleArrays, str]:
         """Columns of one request and its outcome, as `_read_one`."""
@@ -392,9 +392,9 @@ def _concat(parts: list[SampleArrays]) -> SampleArrays:
             reason.update({base + k: r for k, r in a.reason.items()})
         if a.text:
             text.update({base + k: t for k, t in a.text.items()})
-        base += len(a.index)
+        base += len(a.tag)
     return SampleArrays(
-        np.concatenate([a.index for a in parts]),
+        np.concatenate([a.tag for a in parts]),
         np.concatenate([a.value for a in parts]),
         np.concatenate([a.quality for a in parts]),
         np.concatenate([a.source_ts for a in parts]),

@@ -1,5 +1,7 @@
-"""OPC UA client driver: bulk reads and data-change subscriptions over one asyncua session."""
+"""OPC UA client driver: subscriptions (own publish loop, lean decoding), polling groups,
+security (policies, certificates, trust list) and address-space browsing over asyncua."""
 
-from drivers.opcua.driver import OpcUaDriver, OpcUaTag
+from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.tags import OpcUaGroup, OpcUaTag
 
-__all__ = ["OpcUaDriver", "OpcUaTag"]
+__all__ = ["OpcUaDriver", "OpcUaGroup", "OpcUaTag"]

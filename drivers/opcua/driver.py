@@ -1,14 +1,20 @@
-"""The OPC UA driver: one asyncua session, bulk reads and a lean data-change subscription.
+"""The OPC UA driver: one asyncua session, bulk reads, subscription and polling groups.
 
 This module owns the link to one OPC UA server and the mapping of asyncua's results and
-exceptions onto the driver contract (`drivers.base`). asyncua's auto-reconnect stays off; its
-connection supervisor only reports a lost link (socket closed, or the 1 s server-state probe
-failing), which this driver turns into `ConnectError`.
+exceptions onto the driver contract (`drivers.base`). asyncua's auto-reconnect stays off; the
+acquisition loop (`edge_agent.acquire`) owns reconnects. The link counts as lost (the
+subscription raises `ConnectError` at once) when the socket closes, when asyncua's 1-probe-per-
+`keepalive_s` server-state read fails, when a publish answer says the session or subscription
+is gone, or when no publish response (data or keep-alive) arrives within twice the keep-alive
+period. Every `connect` opens a fresh session, and every `subscribe` re-creates the
+subscriptions and all monitored items; `aclose` closes the session (CloseSession deletes its
+subscriptions) before dropping the socket, and the requested session timeout is short
+(`session_timeout_s`), so sessions do not pile up on the server across reconnects.
 
-Subscriptions bypass asyncua's `Subscription` object: the publish callback registered on the
-session decodes each PublishResult straight into one batch of samples and appends it to an
-unbounded queue. That costs no task per notification and never drops one (the handler object
-spawns a task per notification; the iterator drops the oldest when its queue is full).
+Tags belong to groups (`OpcUaGroup`): a `subscribe` group is one subscription with its own
+publishing interval whose monitored items are created in batches (`items_per_call`); a `poll`
+group is read in one Read call per interval. Per-item failures (a node that does not exist, a
+filter the server refuses) are BAD samples with a reason, counted in `item_errors`.
 
 Quality comes from the StatusCode severity bits (Good / Uncertain / Bad); `source_ts` from
 SourceTimestamp (ServerTimestamp, then arrival time, when the server sends none).
@@ -17,73 +23,42 @@ SourceTimestamp (ServerTimestamp, then arrival time, when the server sends none)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from drivers.base import ConfigError, ConnectError, Quality, Sample, checked_sample
+from drivers.base import ConfigError, ConnectError, Quality, Sample
+from drivers.opcua import channel
+from drivers.opcua import security as secmod
+from drivers.opcua import subscription as subs
+from drivers.opcua.fastdecode import Publish, item_from_datavalue
+from drivers.opcua.tags import (
+    DEFAULT_GROUP,
+    OpcUaGroup,
+    OpcUaTag,
+    item_sample,
+    split_node_id,
+)
 
 log = structlog.get_logger(__name__)
 
 _GUARD_S = 0.5
-_BAD_NODE = {
-    StatusCodes.BadNodeIdUnknown,
-    StatusCodes.BadNodeIdInvalid,
-    StatusCodes.BadAttributeIdInvalid,
-}
-
-
-@dataclass(frozen=True)
-class OpcUaTag:
-    """One variable. `node_id` is `ns=<i>;...` or `nsu=<namespace uri>;...`."""
-
-    name: str
-    node_id: str
-    sampling_interval_ms: float = 100.0
-    deadband_abs: float = 0.0
-
-
-def _status_sample(tag: str, dv: ua.DataValue, now: float) -> Sample:
-    """A Sample from one DataValue (read result or notification)."""
-    src_dt = dv.SourceTimestamp or dv.ServerTimestamp
-    src = src_dt.timestamp() if src_dt is not None else now
-    code = dv.StatusCode.value if dv.StatusCode is not None else 0
-    severity = code >> 30
-    if severity >= 2:
-        reason = "not_found" if code in _BAD_NODE else "status"
-        return Sample(tag, math.nan, Quality.BAD, src, now, reason)
-    variant = dv.Value
-    value: object = variant.Value if variant is not None else None
-    if isinstance(value, list):
-        value = None  # arrays are not scalar tags
-    s = checked_sample(tag, value, src, now)
-    if severity == 1 and s.quality is Quality.GOOD:
-        return Sample(tag, s.value, Quality.UNCERTAIN, src, now, "uncertain")
-    return s
-
-
-def _split_node_id(node_id: str) -> tuple[str | None, str]:
-    """(namespace uri or None, rest) of a node id string."""
-    if node_id.startswith("nsu="):
-        uri, sep, rest = node_id[4:].partition(";")
-        if not sep or not uri:
-            raise ConfigError(f"node id {node_id!r}: expected nsu=<uri>;<identifier>")
-        return uri, rest
-    return None, node_id
+_INF = math.inf
 
 
 class OpcUaDriver:
-    """Reads or subscribes `tags` on the OPC UA server at `endpoint` (`Driver`, `Subscribable`)."""
+    """Reads or subscribes `tags` on the OPC UA server at `endpoint` (`Driver`, `Subscribable`).
+
+    `security` None means the None policy without endpoint discovery; a `Security` (what the
+    config builds) picks the endpoint as `drivers.opcua.security` describes.
+    """
 
     def __init__(
         self,
@@ -95,6 +70,12 @@ class OpcUaDriver:
         timeout_s: float = 5.0,
         username: str | None = None,
         password: str | None = None,
+        groups: Sequence[OpcUaGroup] = (),
+        items_per_call: int = 200,
+        security: secmod.Security | None = None,
+        session_timeout_s: float = 30.0,
+        keepalive_s: float = 1.0,
+        publish_in_flight: int = 3,
     ) -> None:
         if not tags:
             raise ConfigError(f"driver {name!r}: no tags")
@@ -102,8 +83,16 @@ class OpcUaDriver:
             raise ConfigError(f"driver {name!r}: duplicate tag names")
         if timeout_s <= 0 or publishing_interval_ms <= 0:
             raise ConfigError(f"driver {name!r}: timeout_s and publishing_interval_ms must be > 0")
+        if items_per_call < 1:
+            raise ConfigError(f"driver {name!r}: items_per_call must be >= 1")
+        by_group = {g.name: g for g in groups}
+        by_group.setdefault(
+            DEFAULT_GROUP, OpcUaGroup(DEFAULT_GROUP, "subscribe", publishing_interval_ms)
+        )
         for t in tags:
-            uri, rest = _split_node_id(t.node_id)
+            if t.group not in by_group:
+                raise ConfigError(f"driver {name!r}: tag {t.name!r}: unknown group {t.group!r}")
+            uri, rest = split_node_id(t.node_id)
             try:
                 ua.NodeId.from_string(rest if uri is None else f"ns=0;{rest}")
             except (ValueError, UaError) as exc:
@@ -112,27 +101,59 @@ class OpcUaDriver:
         self.endpoint = endpoint
         self.publishing_interval_ms = publishing_interval_ms
         self.timeout_s = timeout_s
+        self.items_per_call = items_per_call
+        self.session_timeout_s = session_timeout_s
+        self.keepalive_s = keepalive_s
+        self.publish_in_flight = publish_in_flight
+        self.security = security
         self._tags = tuple(tags)
         self._names = tuple(t.name for t in tags)
+        self._groups = {g: by_group[g] for g in dict.fromkeys(t.group for t in tags)}
         self._username = username
         self._password = password
         self._client: Client | None = None
         self._node_ids: list[ua.NodeId | None] = []
         self._lost: asyncio.Event = asyncio.Event()
+        self._queue: asyncio.Queue[list[Sample] | BaseException] | None = None
+        self._warned_insecure = False
         self._log = log.bind(driver=name)
+        # Counted per reason: monitored items the server refused, and notifications received.
+        self.item_errors: Counter[str] = Counter()
+        self.notifications = 0
+        self.item_calls = 0  # CreateMonitoredItems calls made
+        self.chosen: tuple[str, str] = ("None", "None")  # security policy and mode in use
 
     @property
     def tags(self) -> Sequence[str]:
         """Tag names in configuration order."""
         return self._names
 
+    @property
+    def client(self) -> Client:
+        """The live asyncua client (for tools such as browse); ConnectError when not connected."""
+        return self._live()
+
     def _timeout(self) -> float:
         return self.timeout_s + _GUARD_S
+
+    async def _secure(self, client: Client) -> None:
+        """Choose the endpoint and set up the channel's security on `client`."""
+        if self.security is None:
+            return
+        choice = await channel.apply_security(client, self.security, self.endpoint, self._timeout())
+        self.chosen = (choice.policy, choice.mode)
+        if choice.policy == "None" and self.security.policy == "auto" and not self._warned_insecure:
+            self._warned_insecure = True
+            self._log.warning(
+                "opcua server offers no security, using policy None", endpoint=self.endpoint
+            )
 
     async def connect(self) -> None:
         """Open a session and resolve namespace URIs; ConnectError when that fails."""
         await self.aclose()
-        client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=1.0)
+        client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=self.keepalive_s)
+        client.session_timeout = round(self.session_timeout_s * 1000.0)
+        client.name = client.description = "edge-agent"
         if self._username is not None:
             client.set_user(self._username)
         if self._password is not None:
@@ -142,21 +163,32 @@ class OpcUaDriver:
         async def on_lost(exc: Exception) -> None:
             del exc
             lost.set()
+            if self._queue is not None:
+                self._queue.put_nowait(ConnectionError("connection lost"))
 
         client.connection_lost_callback = on_lost
         try:
+            await self._secure(client)
             await asyncio.wait_for(client.connect(), self._timeout())
             namespaces = await asyncio.wait_for(client.get_namespace_array(), self._timeout())
+        except secmod.SecurityError as exc:
+            await self._drop(client)
+            raise ConnectError(f"opcua {self.endpoint}: {exc}") from exc
+        except UaStatusCodeError as exc:
+            await self._drop(client)
+            raise ConnectError(
+                f"opcua {self.endpoint}: {channel.rejection(exc.code, self.security)}"
+            ) from exc
         except (TimeoutError, OSError, UaError) as exc:
             await self._drop(client)
-            raise ConnectError(f"opcua {self.endpoint}: connect failed") from exc
+            raise ConnectError(f"opcua {self.endpoint}: connect failed ({exc!r})") from exc
         self._node_ids = [self._resolve(t.node_id, namespaces) for t in self._tags]
         self._lost = lost
         self._client = client
 
     @staticmethod
     def _resolve(node_id: str, namespaces: Sequence[str]) -> ua.NodeId | None:
-        uri, rest = _split_node_id(node_id)
+        uri, rest = split_node_id(node_id)
         if uri is None:
             return ua.NodeId.from_string(rest)
         if uri not in namespaces:
@@ -171,158 +203,208 @@ class OpcUaDriver:
             raise ConnectError(f"opcua {self.endpoint}: connection lost")
         return client
 
-    async def read(self) -> list[Sample]:
-        """Read every tag in one Read service call."""
-        client = self._live()
-        params = ua.ReadParameters()
-        params.TimestampsToReturn = ua.TimestampsToReturn.Both
-        params.NodesToRead = [
-            ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value)
-            for nid in self._node_ids
-            if nid is not None
-        ]
+    async def _read_indices(self, client: Client, indices: Sequence[int]) -> list[Sample]:
+        """Read the tags at `indices` in one Read call; unresolved ones are BAD not_found."""
+        nids = [self._node_ids[i] for i in indices]
+        wanted = [nid for nid in nids if nid is not None]
         try:
-            dvs = await asyncio.wait_for(client.uaclient.read(params), self._timeout())
+            dvs = await subs.read_values(client, wanted, self.timeout_s) if wanted else []
         except (TimeoutError, OSError, UaError) as exc:
             raise ConnectError(f"opcua {self.endpoint}: read failed") from exc
         now = time.time()
         it = iter(dvs)
         out: list[Sample] = []
-        for name, nid in zip(self._names, self._node_ids, strict=True):
+        for i, nid in zip(indices, nids, strict=True):
+            name = self._names[i]
             if nid is None:
                 out.append(Sample(name, math.nan, Quality.BAD, now, now, "not_found"))
             else:
-                out.append(_status_sample(name, next(it), now))
+                out.append(item_sample(name, item_from_datavalue(0, next(it)), now))
         return out
 
-    async def subscribe(self) -> AsyncIterator[list[Sample]]:
-        """Yield batches of changed samples: BAD ones for tags that cannot be monitored, then the
-        initial value of every other tag, then changes. Raises ConnectError when the link is lost.
-        """
-        client = self._live()
-        queue: asyncio.Queue[list[Sample] | None] = asyncio.Queue()
-        by_handle: dict[int, str] = {}
-        last_publish = time.monotonic()
+    async def read(self) -> list[Sample]:
+        """Read every tag in one Read service call."""
+        return await self._read_indices(self._live(), range(len(self._tags)))
 
-        async def on_publish(result: ua.PublishResult) -> None:
-            nonlocal last_publish
-            last_publish = time.monotonic()
-            data = result.NotificationMessage.NotificationData
-            if not data:
-                return  # keep-alive
-            now = time.time()
-            batch: list[Sample] = []
-            for notif in data:
-                if isinstance(notif, ua.DataChangeNotification):
-                    for item in notif.MonitoredItems:
-                        tag = by_handle.get(item.ClientHandle)
-                        if tag is not None:
-                            batch.append(_status_sample(tag, item.Value, now))
-                elif isinstance(notif, ua.StatusChangeNotification):
-                    queue.put_nowait(None)  # subscription gone: link lost or server shut down
-            if batch:
-                queue.put_nowait(batch)
-
-        keepalive_count = max(1, math.ceil(1000.0 / self.publishing_interval_ms))
-        sparams = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=self.publishing_interval_ms,
-            RequestedLifetimeCount=keepalive_count * 10,
-            RequestedMaxKeepAliveCount=keepalive_count,
-            MaxNotificationsPerPublish=0,
-            PublishingEnabled=True,
-            Priority=0,
-        )
-        try:
-            sub = await asyncio.wait_for(
-                client.uaclient.create_subscription(sparams, on_publish), self._timeout()
-            )
-            initial = await self._create_items(client, sub.SubscriptionId, by_handle)
-        except (TimeoutError, OSError, UaError) as exc:
-            raise ConnectError(f"opcua {self.endpoint}: subscribe failed") from exc
-        # A silent server (no data, no keep-alive) counts as lost after this long.
-        window_s = 2.0 * keepalive_count * sub.RevisedPublishingInterval / 1000.0 + self.timeout_s
-        lost_wait = asyncio.ensure_future(self._lost.wait())
-        try:
-            if initial:
-                yield initial
-            while True:
-                get = asyncio.ensure_future(queue.get())
-                try:
-                    await asyncio.wait(
-                        [get, lost_wait], timeout=window_s, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    if not get.done():
-                        get.cancel()
-                if get.done() and not get.cancelled():
-                    batch = get.result()
-                    if batch is None:
-                        raise ConnectError(f"opcua {self.endpoint}: subscription lost")
-                    yield batch
-                    continue
-                if self._lost.is_set():
-                    raise ConnectError(f"opcua {self.endpoint}: connection lost")
-                if time.monotonic() - last_publish > window_s:
-                    raise ConnectError(f"opcua {self.endpoint}: no publish response")
-        finally:
-            lost_wait.cancel()
-            if not self._lost.is_set() and self._client is client:
-                with contextlib.suppress(TimeoutError, OSError, UaError):
-                    await asyncio.wait_for(
-                        client.uaclient.delete_subscriptions([sub.SubscriptionId]), self._timeout()
-                    )
-
-    async def _create_items(
-        self, client: Client, subscription_id: int, by_handle: dict[int, str]
-    ) -> list[Sample]:
-        """Create one monitored item per tag; returns BAD samples for the ones that failed."""
+    def _on_publish(self, pub: Publish) -> None:
+        """Decoded publish response -> one batch of samples on the subscription's queue."""
+        queue = self._queue
+        if queue is None:
+            return
+        for other in pub.others:
+            if isinstance(other, ua.StatusChangeNotification):
+                queue.put_nowait(ConnectionError("subscription status changed"))
+        items = pub.items
+        if not items:
+            return
+        self.notifications += len(items)
         now = time.time()
-        bad: list[Sample] = []
-        requests: list[ua.MonitoredItemCreateRequest] = []
-        handles: list[int] = []
-        for handle, (tag, nid) in enumerate(zip(self._tags, self._node_ids, strict=True), 1):
-            if nid is None:
-                bad.append(Sample(tag.name, math.nan, Quality.BAD, now, now, "not_found"))
-                continue
-            filt = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValue)
-            if tag.deadband_abs > 0:
-                filt.DeadbandType = ua.DeadbandType.Absolute
-                filt.DeadbandValue = tag.deadband_abs
-            mparams = ua.MonitoringParameters(
-                ClientHandle=handle,
-                SamplingInterval=tag.sampling_interval_ms,
-                Filter=filt,
-                # Enough room for every sample taken between two publishes.
-                QueueSize=max(
-                    1, math.ceil(self.publishing_interval_ms / max(tag.sampling_interval_ms, 1.0))
-                ),
-                DiscardOldest=True,
+        names = self._handle_names
+        good = Quality.GOOD
+        batch: list[Sample] = []
+        append = batch.append
+        for item in items:
+            handle, value, code, src, srv = item
+            if 0 < handle < len(names):
+                name = names[handle]
+                if code == 0 and value.__class__ is float and -_INF < value < _INF:
+                    ts = src if src is not None else (srv if srv is not None else now)
+                    append(Sample(name, value, good, ts, now))
+                else:
+                    append(item_sample(name, item, now))
+        if batch:
+            queue.put_nowait(batch)
+
+    def _item_requests(self, group: OpcUaGroup, indices: Sequence[int]) -> list[subs.ItemRequest]:
+        out = []
+        for i in indices:
+            t, nid = self._tags[i], self._node_ids[i]
+            assert nid is not None
+            queue_size = t.queue_size or max(
+                1, math.ceil(group.interval_ms / max(t.sampling_interval_ms, 1.0))
             )
-            requests.append(
-                ua.MonitoredItemCreateRequest(
-                    ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value),
-                    MonitoringMode=ua.MonitoringMode.Reporting,
-                    RequestedParameters=mparams,
+            out.append(
+                subs.ItemRequest(
+                    handle=i + 1,
+                    node_id=nid,
+                    sampling_interval_ms=t.sampling_interval_ms,
+                    queue_size=queue_size,
+                    discard_oldest=t.discard_oldest,
+                    deadband_type=t.deadband_type,
+                    deadband=t.deadband,
                 )
             )
-            handles.append(handle)
-            by_handle[handle] = tag.name
-        if requests:
-            params = ua.CreateMonitoredItemsParameters(
-                SubscriptionId=subscription_id,
-                TimestampsToReturn=ua.TimestampsToReturn.Both,
-                ItemsToCreate=requests,
+        return out
+
+    async def _start_group(
+        self, client: Client, group: OpcUaGroup, indices: list[int], bad: list[Sample]
+    ) -> tuple[int, float]:
+        """Create one group's subscription and items; returns (id, silence allowed in s)."""
+        keepalive = max(1, math.ceil(1000.0 * self.keepalive_s / group.interval_ms))
+        res = await subs.create_subscription(client, group.interval_ms, keepalive, self.timeout_s)
+        now = time.time()
+        live = []
+        for i in indices:
+            if self._node_ids[i] is None:
+                bad.append(Sample(self._names[i], math.nan, Quality.BAD, now, now, "not_found"))
+                self.item_errors["not_found"] += 1
+            else:
+                live.append(i)
+        requests = self._item_requests(group, live)
+        codes, calls = await subs.create_items(
+            client, res.SubscriptionId, requests, self.items_per_call, self.timeout_s
+        )
+        self.item_calls += calls
+        rejected: list[str] = []
+        for i, code in zip(live, codes, strict=True):
+            if code >> 30 >= 2:
+                reason = subs.status_reason(code)
+                self.item_errors[reason] += 1
+                bad.append(Sample(self._names[i], math.nan, Quality.BAD, now, now, reason))
+                rejected.append(f"{self._names[i]}={subs.status_name(code)}")
+        if rejected:
+            self._log.warning(
+                "opcua monitored items rejected",
+                group=group.name,
+                count=len(rejected),
+                items=", ".join(rejected[:10]) + (" ..." if len(rejected) > 10 else ""),
             )
-            results: list[Any] = await asyncio.wait_for(
-                client.uaclient.create_monitored_items(params), self._timeout()
-            )
-            for handle, res in zip(handles, results, strict=True):
-                if not res.StatusCode.is_good():
-                    name = by_handle.pop(handle)
-                    code = res.StatusCode.value
-                    reason = "not_found" if code in _BAD_NODE else "status"
-                    bad.append(Sample(name, math.nan, Quality.BAD, now, now, reason))
-        return bad
+        silence_s = res.RevisedMaxKeepAliveCount * res.RevisedPublishingInterval / 1000.0
+        return res.SubscriptionId, silence_s
+
+    async def _poll_group(self, client: Client, group: OpcUaGroup, indices: list[int]) -> None:
+        queue = self._queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        while True:
+            queue.put_nowait(await self._read_indices(client, indices))
+            next_t += group.interval_ms / 1000.0
+            delay = next_t - loop.time()
+            if delay < 0:  # fell behind: skip the missed polls rather than burst
+                next_t, delay = loop.time(), 0.0
+            await asyncio.sleep(delay)
+
+    async def subscribe(self) -> AsyncIterator[list[Sample]]:
+        """Yield batches of samples: BAD ones for tags that cannot be monitored, then the
+        initial value of every other tag, then changes and polls. Raises ConnectError when the
+        link is lost.
+        """
+        client = self._live()
+        queue: asyncio.Queue[list[Sample] | BaseException] = asyncio.Queue()
+        self._queue = queue
+        self._handle_names: list[str] = ["", *self._names]
+        sub_ids: list[int] = []
+        tasks: list[asyncio.Task[Any]] = []
+        bad: list[Sample] = []
+        silence_s = 0.0
+        last_publish = time.monotonic()
+
+        def on_publish(pub: Publish) -> None:
+            nonlocal last_publish
+            last_publish = time.monotonic()
+            self._on_publish(pub)
+
+        def on_done(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                queue.put_nowait(task.exception() or ConnectionError("task ended"))
+
+        try:
+            try:
+                for group in self._groups.values():
+                    indices = [i for i, t in enumerate(self._tags) if t.group == group.name]
+                    if group.mode == "poll":
+                        continue
+                    sid, silence = await self._start_group(client, group, indices, bad)
+                    sub_ids.append(sid)
+                    silence_s = max(silence_s, silence)
+            except (TimeoutError, OSError, UaError) as exc:
+                raise ConnectError(f"opcua {self.endpoint}: subscribe failed ({exc!r})") from exc
+            if sub_ids:
+                loop = subs.PublishLoop(client, on_publish, self.publish_in_flight)
+                tasks.append(asyncio.create_task(loop.run(), name=f"opcua-publish:{self.name}"))
+            for group in self._groups.values():
+                if group.mode == "poll":
+                    indices = [i for i, t in enumerate(self._tags) if t.group == group.name]
+                    tasks.append(
+                        asyncio.create_task(
+                            self._poll_group(client, group, indices),
+                            name=f"opcua-poll:{self.name}:{group.name}",
+                        )
+                    )
+            for task in tasks:
+                task.add_done_callback(on_done)
+            # A silent server (no data, no keep-alive) counts as lost after this long.
+            window_s = 2.0 * silence_s + self.timeout_s
+            if bad:
+                yield bad
+            while True:
+                if self._lost.is_set():
+                    raise ConnectError(f"opcua {self.endpoint}: connection lost")
+                try:
+                    got = await asyncio.wait_for(queue.get(), timeout=window_s)
+                except TimeoutError:
+                    got = None
+                if isinstance(got, BaseException):
+                    if isinstance(got, ConnectError):
+                        raise got
+                    raise ConnectError(f"opcua {self.endpoint}: {got}") from got
+                if got is not None:
+                    yield got
+                if sub_ids and time.monotonic() - last_publish > window_s:
+                    raise ConnectError(f"opcua {self.endpoint}: no publish response")
+        finally:
+            self._queue = None
+            if not self._lost.is_set() and self._client is client:
+                # Deleting first lets the server answer the publish requests in flight, so
+                # none is left dangling (asyncua warns about answers to cancelled requests).
+                await subs.delete_subscriptions(client, sub_ids, self.timeout_s)
+                if tasks:
+                    await asyncio.wait(tasks, timeout=_GUARD_S)
+            for task in tasks:
+                task.cancel()
+            if tasks:  # bounded: library code below may hold on to a cancellation
+                await asyncio.wait(tasks, timeout=self._timeout())
 
     async def aclose(self) -> None:
         """Close the session (bounded wait), then the socket. Idempotent; never raises."""
@@ -331,9 +413,23 @@ class OpcUaDriver:
             await self._drop(client)
 
     async def _drop(self, client: Client) -> None:
+        """CloseSession (so the server frees it at once), bounded; then close the socket.
+
+        asyncua's disconnect swallows cancellations while it awaits its own tasks, so a
+        `wait_for` around it could wait past its timeout: it runs as a task that is abandoned
+        (cancelled, not awaited) when the bound passes.
+        """
+        task = asyncio.ensure_future(client.disconnect())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         try:
-            await asyncio.wait_for(client.disconnect(), self._timeout())
-        except (TimeoutError, OSError, UaError, ConnectionError):
+            done, _ = await asyncio.wait({task}, timeout=self._timeout())
+        except asyncio.CancelledError:
+            task.cancel()
             client.disconnect_socket()
-        except Exception:  # teardown of a broken link must not raise
-            client.disconnect_socket()
+            raise
+        if not done:
+            task.cancel()
+            protocol = client.uaclient.protocol  # asyncua skips a socket it is closing itself
+            if protocol is not None:
+                protocol.disconnect_socket()
+        client.disconnect_socket()  # idempotent; a failed close must not raise here

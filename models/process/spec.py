@@ -1,7 +1,8 @@
 """The authoring API of the Digital Original engine: how a process engineer defines a model.
 
 This module owns the model definition format, its validation and its compilation; the
-integration of N parameter variants lives in `models.process.engine`.
+integration of N parameter variants lives in `models.process.engine` (kernels in
+`models.process.kernels`).
 
 A model is two files. The Python file holds names and plain functions numba can compile:
 
@@ -14,6 +15,7 @@ A model is two files. The Python file holds names and plain functions numba can 
     def derivative(x, u, p, dx): ...   # fills dx (len(STATES)); all float64 1-D arrays
     def output(x, u, p, y): ...        # fills y (len(OUTPUTS))
     def initial(u, y_meas, p, x): ...  # optional re-synchronisation rule (NaN in y_meas = unknown)
+    def max_rate(x, u, p): ...         # optional: an upper bound (1/s) of the fastest local rate
 
 Parameter convention: the model file's `PARAMS` tuple is the vector layout; the functions read
 `p[NAME]` through index constants computed from it (module-level ints are compile-time
@@ -39,7 +41,10 @@ The TOML file:
 
 Integrators: "rk4" splits every step into equal RK4 sub-steps no longer than `substep_s`;
 "rk4-substep" also shortens them to 1 / (Gershgorin bound of the Jacobian) estimated by finite
-differences at the start of each step, so a stiffening state cannot make RK4 unstable;
+differences at the start of each step, so a stiffening state cannot make RK4 unstable (a
+model that knows its fastest rate analytically says so in `max_rate`, which then replaces those
+n extra derivative evaluations per step; at load it must be at least the finite-difference
+Gershgorin bound at the nominal point);
 "semi-implicit" is the L-stable second-order Rosenbrock method ROS2 (Verwer et al. 1999) on the
 same finite-difference Jacobian, for models with time constants far below the tick.
 
@@ -56,21 +61,20 @@ import importlib.util
 import inspect
 import math
 import os
-import re
 import sys
 import tempfile
 import tomllib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numba
 import numpy as np
 
 from models.base import F64, ModelError
+from models.process.checks import _Ctx, check_functions
+from models.process.codegen import kernel_source
 
 INTEGRATORS: tuple[str, ...] = ("rk4", "rk4-substep", "semi-implicit")
 MODEL_KEYS = frozenset({"name", "file", "integrator", "substep_s"})
@@ -110,18 +114,6 @@ class ModelSpec:
     def index(self, param: str) -> int:
         """The position of a parameter in the vector."""
         return self.params.index(param)
-
-
-class _Ctx:
-    """Formats errors as `model (file): field: problem`."""
-
-    def __init__(self, name: str, source: str) -> None:
-        self.name = name
-        self.source = source
-        self.model_file = ""
-
-    def error(self, field: str, problem: str) -> ModelError:
-        return ModelError(f"model {self.name} ({self.source}): {field}: {problem}")
 
 
 def _number(ctx: _Ctx, field: str, value: object) -> float:
@@ -212,10 +204,8 @@ def _cache_dir(model_file: Path) -> Path:
 
 
 def _footer() -> str:
-    """Engine code appended to the model source (lazy import: the engine imports this module)."""
-    from models.process import engine  # noqa: PLC0415  # engine imports spec at module level
-
-    return engine.kernel_source()
+    """Engine code appended to the model source."""
+    return kernel_source()
 
 
 def _build_module(ctx: _Ctx, model_file: Path) -> ModuleType:
@@ -256,82 +246,6 @@ def _build_module(ctx: _Ctx, model_file: Path) -> ModuleType:
         del sys.modules[modname]
         raise ctx.error("model.file", f"{type(exc).__name__}: {exc}") from exc
     return module
-
-
-def _first_numba_line(exc: Exception, model_file: Path) -> str:
-    """The first informative line of a numba error, with the model file's line it points at."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    informative = [ln for ln in lines if not ln.startswith(("Failed in", "\x1b"))]
-    first = (informative or lines or [type(exc).__name__])[0]
-    # The generated module starts with the model file verbatim: its line numbers are the same.
-    where = re.search(r'File "[^"]*", line (\d+)', str(exc))
-    return f"{first} (at {model_file.name}:{where.group(1)})" if where else first
-
-
-def _try_function(
-    ctx: _Ctx, fname: str, fn: _Fn, args: tuple[F64, ...], labels: tuple[str, ...]
-) -> F64:
-    """Run `fn(*args, out)` in Python; the out array must come back fully written and finite."""
-    what = _OUT_ARRAY[fname]
-    out = np.full(len(labels), np.nan)
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            fn(*args, out)
-    except IndexError as exc:
-        raise ctx.error(
-            fname, f"writes or reads outside its arrays ({what} has shape {out.shape}): {exc}"
-        ) from exc
-    except Exception as exc:
-        raise ctx.error(fname, f"raised {type(exc).__name__} at nominal inputs: {exc}") from exc
-    bad = [labels[i] for i in range(len(out)) if not math.isfinite(out[i])]
-    if bad:
-        raise ctx.error(
-            fname,
-            f"{what}[{', '.join(bad)}] is NaN, inf or never written at nominal inputs and params",
-        )
-    return out.copy()
-
-
-def _check_compiled(ctx: _Ctx, fname: str, fn: _Fn, args: tuple[F64, ...], expect: F64) -> None:
-    out = np.empty_like(expect)
-    try:
-        fn(*args, out)
-    except numba.core.errors.NumbaError as exc:
-        model_file = Path(ctx.model_file)
-        line = _first_numba_line(exc, model_file)
-        raise ctx.error(fname, f"numba cannot compile it: {line}") from exc
-    if not np.allclose(out, expect, rtol=1e-9, atol=1e-12, equal_nan=True):
-        raise ctx.error(fname, "compiled result differs from the Python one at nominal inputs")
-
-
-# The name of the array each model function fills, for error messages.
-_OUT_ARRAY = {"derivative": "dx", "output": "y", "initial": "x"}
-
-
-def _check_functions(
-    ctx: _Ctx, module: ModuleType, spec_names: dict[str, tuple[str, ...]], nominal: dict[str, F64]
-) -> bool:
-    """Run each model function in Python, then compiled, at the nominal point; True if `initial`."""
-    states, outputs = spec_names["STATES"], spec_names["OUTPUTS"]
-    x, u, p = nominal["states"], nominal["inputs"], nominal["params"]
-    python: dict[str, _Fn] = module._engine_python
-    for required in ("derivative", "output"):
-        if required not in python:
-            raise ctx.error(required, f"missing function `def {required}(...)` in the model file")
-    calls: dict[str, tuple[tuple[F64, ...], tuple[str, ...]]] = {
-        "derivative": ((x, u, p), states),
-        "output": ((x, u, p), outputs),
-    }
-    if "initial" in python:
-        calls["initial"] = ((u, np.full(len(outputs), np.nan), p), states)
-    results = {
-        name: _try_function(ctx, name, python[name], args, labels)
-        for name, (args, labels) in calls.items()
-    }
-    for name, (args, _labels) in calls.items():
-        _check_compiled(ctx, name, getattr(module, name), args, results[name])
-    return "initial" in calls
 
 
 def parse_spec(data: dict[str, Any], toml_path: Path) -> ModelSpec:
@@ -392,7 +306,7 @@ def parse_spec(data: dict[str, Any], toml_path: Path) -> ModelSpec:
             raise ctx.error(f"observer.{states[i]}", "the state has no output of the same name")
     u_nom = _named_values(ctx, _table(ctx, data, "nominal_inputs"), "nominal_inputs", inputs, 0.0)
     x_nom = _named_values(ctx, _table(ctx, data, "nominal_states"), "nominal_states", states, 0.0)
-    has_initial = _check_functions(
+    has_initial = check_functions(
         ctx,
         module,
         {"STATES": states, "OUTPUTS": outputs},

@@ -1,0 +1,71 @@
+"""What an OPC UA tag and a group are, and how a decoded value becomes a `Sample`.
+
+Quality comes from the StatusCode severity bits (Good / Uncertain / Bad); `source_ts` from
+SourceTimestamp (ServerTimestamp, then arrival time, when the server sends none). Arrays, text
+and NaN are BAD with their reason, as `drivers.base.checked_sample` decides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from drivers.base import ConfigError, Quality, Sample, checked_sample
+from drivers.opcua import subscription as subs
+from drivers.opcua.fastdecode import Item
+
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True)
+class OpcUaTag:
+    """One variable. `node_id` is `ns=<i>;...` or `nsu=<namespace uri>;...`.
+
+    `deadband` is the server-side DataChangeFilter deadband (`deadband_type` "absolute" in
+    engineering units, or "percent" of the node's EURange); `queue_size` 0 means enough for
+    every sample taken between two publishes.
+    """
+
+    name: str
+    node_id: str
+    sampling_interval_ms: float = 100.0
+    deadband: float = 0.0
+    deadband_type: Literal["none", "absolute", "percent"] = "absolute"
+    queue_size: int = 0
+    discard_oldest: bool = True
+    group: str = DEFAULT_GROUP
+
+
+@dataclass(frozen=True)
+class OpcUaGroup:
+    """Tags acquired together: one subscription, or one Read call every `interval_ms`."""
+
+    name: str
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    interval_ms: float = 100.0
+
+
+def item_sample(tag: str, item: Item, now: float) -> Sample:
+    """A Sample from one decoded notification or read result (see `fastdecode.Item`)."""
+    _, value, code, src, srv = item
+    ts = src if src is not None else (srv if srv is not None else now)
+    severity = code >> 30
+    if severity >= 2:
+        return Sample(tag, math.nan, Quality.BAD, ts, now, subs.status_reason(code))
+    if isinstance(value, list):
+        value = None  # arrays are not scalar tags
+    s = checked_sample(tag, value, ts, now)
+    if severity == 1 and s.quality is Quality.GOOD:
+        return Sample(tag, s.value, Quality.UNCERTAIN, ts, now, "uncertain")
+    return s
+
+
+def split_node_id(node_id: str) -> tuple[str | None, str]:
+    """(namespace uri or None, rest) of a node id string."""
+    if node_id.startswith("nsu="):
+        uri, sep, rest = node_id[4:].partition(";")
+        if not sep or not uri:
+            raise ConfigError(f"node id {node_id!r}: expected nsu=<uri>;<identifier>")
+        return uri, rest
+    return None, node_id
