@@ -75,7 +75,19 @@ def test_stamp_survives_register_encoding_and_wraps() -> None:
     assert as_float == np.float32(25.5)
 
 
-@pytest.fixture(scope="module", params=["throughput", "e2e_delay", "bandwidth"])
+# throughput keeps the rig, the agent run and the counting subscriber from rotting in the
+# default suite; the two others reuse that path and run with `-m slow` (20-30 s each).
+SLOW = pytest.mark.slow
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "throughput",
+        pytest.param("e2e_delay", marks=SLOW),
+        pytest.param("bandwidth", marks=SLOW),
+    ],
+)
 def quick_result(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, subprocess.CompletedProcess[str], Path]:
