@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 
 from hil.load.layout import stamp_delay_s
@@ -163,8 +164,10 @@ class Counter:
     def _batch(self, payload: bytes, now: float) -> int:
         """Values in a batch of deltas (`{"deltas": [{"tag", "value", ...}, ...]}`)."""
         try:
+            if payload[:1] == b"\x78":  # uplink.compression = "zlib"
+                payload = zlib.decompress(payload)
             deltas = json.loads(payload).get("deltas", [])
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, zlib.error):
             return 0
         for d in deltas:
             if str(d.get("tag", "")).endswith("_stamp") and isinstance(d.get("value"), int | float):
