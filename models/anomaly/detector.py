@@ -220,6 +220,26 @@ def session_options() -> ort.SessionOptions:
     return opts
 
 
+def read_model_file(path: str | Path) -> bytes:
+    """The bytes of a detector file; `ModelError` naming the file when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read detector file ({exc.strerror})") from exc
+
+
+def open_session(data: bytes, source: str) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """An inference session (one thread, CPU) and the model's custom metadata; `ModelError`
+    naming `source` when the bytes are not a loadable ONNX model."""
+    try:
+        session = ort.InferenceSession(
+            data, sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
+        return session, dict(session.get_modelmeta().custom_metadata_map)
+    except _ORT_ERRORS as exc:
+        raise ModelError(f"{source}: not a loadable ONNX model ({exc})") from exc
+
+
 class OnnxDetector:
     """Scores residual windows with one onnxruntime session created at load.
 
@@ -248,10 +268,7 @@ class OnnxDetector:
     def load(cls, path: str | Path, expected_outputs: Sequence[str] | None = None) -> OnnxDetector:
         """Read and validate a detector file; `ModelError` names the file and what is wrong."""
         source = str(path)
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{source}: cannot read detector file ({exc.strerror})") from exc
+        data = read_model_file(path)
         return cls.from_bytes(data, expected_outputs, source=source)
 
     @classmethod
@@ -263,13 +280,7 @@ class OnnxDetector:
         source: str = "<detector bytes>",
     ) -> OnnxDetector:
         """Like `load`, from a serialized model (as `train_detector` returns it)."""
-        try:
-            session = ort.InferenceSession(
-                data, sess_options=session_options(), providers=["CPUExecutionProvider"]
-            )
-            meta = dict(session.get_modelmeta().custom_metadata_map)
-        except _ORT_ERRORS as exc:
-            raise ModelError(f"{source}: not a loadable ONNX model ({exc})") from exc
+        session, meta = open_session(data, source)
         params = DetectorParams.from_metadata(meta, source)
         _check_signature(session, params, source)
         if expected_outputs is not None and tuple(expected_outputs) != params.output_names:

@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.anomaly.alarm import AlarmSettings
-from models.anomaly.detector import _ORT_ERRORS, session_options
+from models.anomaly.detector import open_session, read_model_file
 from models.base import F32, F64, ModelError
 
 SENSOR_KIND = "sensor-window-mahalanobis"
@@ -231,11 +231,7 @@ class SensorDetector:
     @classmethod
     def load(cls, path: str | Path, expected_inputs: Sequence[str] | None = None) -> SensorDetector:
         """Read and check a file; `ModelError` names the file and the mismatch."""
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read detector file ({exc.strerror})") from exc
-        return cls.from_bytes(data, expected_inputs, source=str(path))
+        return cls.from_bytes(read_model_file(path), expected_inputs, source=str(path))
 
     @classmethod
     def from_bytes(
@@ -246,13 +242,7 @@ class SensorDetector:
         source: str = "<detector bytes>",
     ) -> SensorDetector:
         """Like `load`, from serialized bytes."""
-        try:
-            session = ort.InferenceSession(
-                data, sess_options=session_options(), providers=["CPUExecutionProvider"]
-            )
-            meta = dict(session.get_modelmeta().custom_metadata_map)
-        except _ORT_ERRORS as exc:
-            raise ModelError(f"{source}: not a loadable ONNX model ({exc})") from exc
+        session, meta = open_session(data, source)
         params = SensorParams.from_metadata(meta, source)
         _check_signature(session, params, source)
         if expected_inputs is not None and tuple(expected_inputs) != params.input_names:
