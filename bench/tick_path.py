@@ -19,6 +19,7 @@ steps the array path replaced, so their gain is visible on a noisy machine.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -51,7 +52,8 @@ def _image_cases(n: int, rng: np.random.Generator) -> dict[str, tuple[Callable[[
         for k in range(0, n, PER_REQUEST):  # per request, as `ModbusDriver.read`
             t = float(stamps[k])
             part = zip(names[k : k + PER_REQUEST], values[k : k + PER_REQUEST].tolist(),
-                       repeat(good), repeat(t), repeat(t), repeat(""), repeat(None))  # fmt: skip
+                       repeat(good), repeat(t), repeat(t), repeat(""), repeat(None),
+                       repeat(math.nan))  # fmt: skip
             out.extend(map(Sample._make, part))
         image.update(out)
 

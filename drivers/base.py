@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -38,7 +39,9 @@ class Sample(NamedTuple):
     else the time the response arrived; `recv_ts` is always when the agent received it. Both are
     Unix seconds (float). `reason` is empty for GOOD samples and a short lowercase word for
     others ("comm", "nan", "decode", "exception", "not_found", "type", ...). `text` carries the
-    value of a text tag (a Modbus string); its `value` is then NaN.
+    value of a text tag (a Modbus string); its `value` is then NaN. `server_ts` is the server's
+    own timestamp when the protocol has one (OPC UA ServerTimestamp), else NaN; it is last and
+    has a default so positional construction of the first fields stays valid.
 
     A named tuple (immutable, built in C) rather than a dataclass: a driver makes one per tag
     per poll, and this costs a third of a frozen dataclass' construction.
@@ -51,6 +54,7 @@ class Sample(NamedTuple):
     recv_ts: float
     reason: str = ""
     text: str | None = None
+    server_ts: float = math.nan
 
 
 def checked_sample(
@@ -85,6 +89,37 @@ class ConnectError(DriverError):
 
 class ConfigError(DriverError):
     """The driver's settings cannot work; raised before any I/O."""
+
+
+class WriteRefusedError(DriverError):
+    """A write that is not allowed or cannot be encoded; nothing was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did. `outcome`:
+
+    written     sent, acknowledged, read back equal
+    mismatch    sent and acknowledged, but the read-back differs (the PLC changed or clamped it)
+    rejected    the device answered with an exception (`reason` has its code); nothing written
+    unknown     sent, but no valid answer (timeout, link lost, malformed reply): it may or may
+                not have taken effect; never retried
+    unverified  acknowledged, but the read-back failed
+    not_sent    the old value could not be read or the link was down; nothing was sent
+
+    `old` is the value before the write, `new` the value read back (None when unknown).
+    """
+
+    tag: str
+    outcome: str
+    requested: float | str
+    old: float | str | None
+    new: float | str | None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "written"
 
 
 @runtime_checkable
@@ -122,4 +157,17 @@ class Subscribable(Protocol):
 
     def subscribe(self) -> AsyncIterator[list[Sample]]:
         """Yield batches of changed samples until the link is lost (then raise `ConnectError`)."""
+        ...
+
+
+@runtime_checkable
+class Writable(Protocol):
+    """A driver that can write a tag declared `writable`; nothing else is ever written."""
+
+    name: str
+
+    async def write(self, name: str, value: float | str) -> WriteResult:
+        """Write `value` to tag `name` once, read it back and compare; never retried.
+        Raises `WriteRefusedError` (nothing sent) for a read-only tag or a value its type
+        cannot hold, `ConnectError` when not connected."""
         ...

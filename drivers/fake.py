@@ -9,7 +9,9 @@ is a sequence of steps, consumed one per `read()` (or per batch of `subscribe()`
     LINK_UP                        the PLC is reachable again (consumed by `connect()`)
 
 When the script runs out, the last values repeat. Tags not in `tags`' initial values are
-BAD "not_found"; NaN/inf become BAD "nan", exactly like the real drivers. `down()` and `up()`
+BAD "not_found"; NaN/inf become BAD "nan" and a value that is not a number (`set_values` takes
+any object, as a PLC may serve a text where a number is expected) BAD "type", exactly like the
+real drivers. `down()` and `up()`
 drop and restore the link from the outside, for tests that do not script it.
 """
 
@@ -44,7 +46,7 @@ class FakeDriver:
     ) -> None:
         self.name = name
         self._tags = tuple(tags)
-        self._values: dict[str, float] = dict(initial or dict.fromkeys(self._tags, 0.0))
+        self._values: dict[str, object] = dict(initial or dict.fromkeys(self._tags, 0.0))
         self._script: list[Step] = list(script)
         self._interval_s = interval_s
         self._connected = False
@@ -67,7 +69,7 @@ class FakeDriver:
         """Make the PLC reachable again; the next `connect()` succeeds."""
         self._reachable = True
 
-    def set_values(self, values: Mapping[str, float]) -> None:
+    def set_values(self, values: Mapping[str, object]) -> None:
         """Change values from the outside (seen by the next read or subscription batch)."""
         self._values.update(values)
         self._changed.set()

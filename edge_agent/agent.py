@@ -4,8 +4,9 @@ Build (no network I/O): drivers, process image, Digital Original, detector, comp
 reporter, publisher. A model or detector file that does not fit is a `ModelError` here, before
 anything connects.
 
-Run: start from the sink (publisher), then the tick, then one acquisition loop per driver.
-Stop from the source: acquisition first, one last tick so the final state is published, then
+Run: start from the sink (publisher), then the tick, then one acquisition loop per driver,
+then the writeback (`[[writeback]]`: findings written to writable PLC tags). Stop from the
+source: writeback and acquisition first, one last tick so the final state is published, then
 the publisher drains under a deadline and publishes the retained "offline" status.
 
 An unexpected exception in any task ends the TaskGroup and the process (crash-only: systemd
@@ -57,6 +58,7 @@ from edge_agent.sensor_stage import (
 from edge_agent.sparkplug.session import SparkplugSession
 from edge_agent.trust import TrustStoreError
 from edge_agent.uplink import Uplink, UplinkSettings
+from edge_agent.writeback import WritebackCounts, build_writeback
 from models.anomaly.detector import OnnxDetector
 from models.base import ModelError, ProcessModel
 from models.process.engine import SpecModel
@@ -149,6 +151,7 @@ class TickStats:
     publish_failures: int = 0
     last_tick: float = 0.0
     link: dict[str, LinkStats] = field(default_factory=dict)
+    writeback: WritebackCounts = field(default_factory=WritebackCounts)
 
 
 class Agent:
@@ -273,6 +276,13 @@ class Agent:
         self.notifier = Notifier()
         self.stats = TickStats()
         self.last: CompareResult | None = None
+        # [[writeback]]: findings written to writable PLC tags, off the tick path.
+        self.writeback = build_writeback(
+            cfg, cfg_path, self.drivers, self.image.names, self.output_tags,
+            link_up=lambda d: (st := self.stats.link.get(d)) is not None and st.up,
+        )  # fmt: skip
+        if self.writeback is not None:
+            self.stats.writeback = self.writeback.counts
 
     def _build_model(self) -> ProcessModel:
         model, self.spec = build_model(self.cfg, self.cfg_path)
@@ -424,6 +434,8 @@ class Agent:
         cusum[self._out_pos] = res.cusum
         bad = img.quality == 2
         events = self.alarms.update(now, score, bad, img.reason)
+        if self.writeback is not None:
+            self.writeback.observe(self.alarms.anomaly, self.alarms.quality)
         rep = self.reporter
         out: list[NewEntry] = []
         for ev in events:
@@ -545,11 +557,15 @@ class Agent:
                             name=f"acquire:{drv.name}",
                         )
                     )
+                if self.writeback is not None:
+                    wb_task = tg.create_task(self.writeback.run(), name="writeback")
                 self.notifier.ready()
                 log.info("agent running", agent_id=self.cfg.agent.id, tags=len(self.image.names))
                 await stop.wait()
                 log.info("agent stopping")
                 self.notifier.stopping()
+                if self.writeback is not None:
+                    await _cancel_all([wb_task])
                 await _cancel_all(acq)
                 tick_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -4,7 +4,8 @@
 each with its key path (`drivers[1].tags[4].address: ...`) and a hint how to fix it. Schema
 problems (types, unknown keys, missing keys) come from pydantic; cross-field problems (unique
 tag names, overlapping registers, model inputs and outputs that name existing tags, timeouts
-shorter than intervals) are checked in a second pass so they are reported together too.
+shorter than intervals, `[[writeback]]` targets that are writable tags of their driver) are
+checked in a second pass so they are reported together too.
 
 This module owns the file format only; each protocol's `[[drivers]]` schema, its cross-field
 checks and its `build()` live with the driver (`drivers.<protocol>.config`); models are built by
@@ -219,6 +220,65 @@ class DetectorSection(_Strict):
         return out
 
 
+WritebackSource = Literal["alarm_word", "alarm_count", "health", "heartbeat"]
+ALARM_SOURCES = ("alarm_word", "alarm_count", "health")
+_INT_BITS = {"bool": 1, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32}
+
+
+class WritebackEntry(_Strict):
+    """One `[[writeback]]`: a finding of the agent written to a writable PLC tag (see
+    `edge_agent.writeback`)."""
+
+    driver: str
+    tag: str
+    source: WritebackSource
+    tags: list[str] | None = Field(
+        default=None, description="alarm sources: the tags looked at (alarm_word: bit i = tags[i])"
+    )
+    min_interval_s: float = Field(default=1.0, gt=0, description="at most one write this often")
+    refresh_s: float = Field(
+        default=60.0, ge=0, description="write an unchanged value again this often; 0 = never"
+    )
+
+    def problems(self, where: str, drivers: list[DriverConfig], defined: set[str]) -> list[str]:
+        """Problems of this entry against the drivers, each with its key and the fix."""
+        out: list[str] = []
+        drv = next((d for d in drivers if d.name == self.driver), None)
+        if drv is None:
+            names = ", ".join(repr(d.name) for d in drivers)
+            return [f"{where}.driver: no driver named {self.driver!r}; expected one of {names}"]
+        tag = next((t for t in drv.tags if t.name == self.tag), None)
+        if tag is None:
+            out.append(
+                f"{where}.tag: driver {self.driver!r} has no tag {self.tag!r}; add it to that "
+                "driver's [[drivers.tags]] with writable = true"
+            )
+        elif not tag.writable:
+            out.append(
+                f"{where}.tag: tag {self.tag!r} of driver {self.driver!r} is not writable; set "
+                "writable = true in its [[drivers.tags]] entry (nothing else is ever written)"
+            )
+        elif isinstance(tag, ModbusTagConfig) and tag.resolved_type == "string":
+            out.append(f"{where}.tag: {self.tag!r} is a string; the writeback writes numbers")
+        if self.tags is not None and self.source not in ALARM_SOURCES:
+            out.append(f"{where}.tags: only for the sources {', '.join(ALARM_SOURCES)}")
+        for k, t in enumerate(self.tags or ()):
+            if t not in defined:
+                out.append(f"{where}.tags[{k}]: tag {t!r} is not defined by any driver")
+        if self.source == "alarm_word" and self.tags is not None:
+            bits = 32
+            if isinstance(tag, ModbusTagConfig):
+                bits = _INT_BITS.get(tag.resolved_type, 32)
+            if len(self.tags) > bits:
+                out.append(
+                    f"{where}.tags: {len(self.tags)} tags do not fit a {bits}-bit alarm word; "
+                    "list fewer or use alarm_count"
+                )
+        if 0 < self.refresh_s < self.min_interval_s:
+            out.append(f"{where}.refresh_s: shorter than min_interval_s; raise it (or 0: never)")
+        return out
+
+
 class Config(_Strict):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
@@ -231,6 +291,7 @@ class Config(_Strict):
     )
     detector: DetectorSection = DetectorSection()
     drivers: list[DriverConfig] = Field(min_length=1)
+    writeback: list[WritebackEntry] = Field(default_factory=list)
 
     def tags(self) -> Iterator[tuple[str, TagBase]]:
         """Every tag with the name of its driver, in config order."""
@@ -247,6 +308,7 @@ __all__ = [
     "OpcUaDriverConfig",
     "OpcUaTagConfig",
     "TagBase",
+    "WritebackEntry",
     "load_config",
     "parse_config",
 ]
@@ -311,6 +373,15 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append(
             f"model.spec: only for kind = 'spec'; kind = 'loop' is the built-in {DEFAULT_SPEC.stem}"
         )
+    targets: dict[tuple[str, str], int] = {}
+    for k, w in enumerate(cfg.writeback):
+        problems.extend(w.problems(f"writeback[{k}]", cfg.drivers, set(seen_tags)))
+        first = targets.setdefault((w.driver, w.tag), k)
+        if first != k:
+            problems.append(
+                f"writeback[{k}].tag: {w.driver}/{w.tag} is already written by writeback[{first}]; "
+                "one source per tag"
+            )
     hb_ticks = cfg.agent.heartbeat_s * cfg.agent.tick_hz
     if hb_ticks < 1:
         problems.append("agent.heartbeat_s: shorter than one tick; raise it or raise tick_hz")

@@ -5,6 +5,8 @@ under `Objects/Loop/<name>` in namespace `hil.tags.NAMESPACE_URI` (string node i
 `Loop.<name>`, each with an EngineeringUnits property), the server's start/stop life cycle
 (the plc-restart fault stops it and starts a fresh server on the same port) and the fast
 server-side write path the plant uses at its tick rate. It does not own the plant.
+Its process variables are read-only for clients; `writable` nodes (`hil.tags.AGENT_NODES`, in
+`Objects/Agent`) are the exception, kept across restarts like a PLC's retained memory.
 
 Security: by default only the None policy with anonymous access (what the demo and the
 integration tests use). `security_policies` adds signed/encrypted endpoints, served with a
@@ -35,7 +37,7 @@ from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from hil.tags import NAMESPACE_URI, OPCUA_FOLDER, TagDef
+from hil.tags import AGENT_FOLDER, NAMESPACE_URI, OPCUA_FOLDER, TagDef, WritableNode
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,7 @@ _UNECE = {
 _UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
 _PATH = "/edge-agent/hil/"
 _APP_URI = "urn:edge-agent:hil:process-plc"
+_ZERO: dict[str, object] = {"Boolean": False, "String": "", "Float": 0.0, "Double": 0.0}
 
 
 class _Users(UserManager):
@@ -116,8 +119,10 @@ class OpcUaPlc:
         pki_dir: Path | None = None,
         users: Mapping[str, str] | None = None,
         allow_anonymous: bool = True,
+        writable: Sequence[WritableNode] = (),
     ) -> None:
         self.tags = tuple(tags)
+        self.writable = tuple(writable)
         if len({t.name for t in self.tags}) != len(self.tags):
             raise ValueError("tag names must be unique")
         self.host = host
@@ -133,7 +138,12 @@ class OpcUaPlc:
             t.name: ua.DataValue(ua.Variant(0.0, ua.VariantType.Double)) for t in self.tags
         }
         self._node_ids: dict[str, ua.NodeId] = {}
+        self._written: dict[str, ua.Variant] = {
+            w.name: ua.Variant(_ZERO.get(w.data_type, 0), getattr(ua.VariantType, w.data_type))
+            for w in self.writable
+        }
         self._server: Server | None = None
+        self._odd: dict[str, ua.Variant] = {}  # see `add_odd_variable`
 
     @property
     def endpoint(self) -> str:
@@ -211,6 +221,19 @@ class OpcUaPlc:
             del prop
             node_ids[tag.name] = nid
             await server.write_attribute_value(nid, self._values[tag.name])
+        if self.writable:
+            agent = await server.nodes.objects.add_folder(
+                _node_id(AGENT_FOLDER, idx), ua.QualifiedName(AGENT_FOLDER, idx)
+            )
+            for w in self.writable:
+                nid = _node_id(f"{AGENT_FOLDER}.{w.name}", idx)
+                variant = self._written[w.name]
+                var = await agent.add_variable(
+                    nid, ua.QualifiedName(w.name, idx), variant.Value, variant.VariantType
+                )
+                await var.set_writable(True)
+                node_ids[w.name] = nid
+        await self._add_odd_variables(folder, idx, node_ids)
         try:
             await server.start()
         except OSError:
@@ -235,8 +258,19 @@ class OpcUaPlc:
             server.iserver.time_task = None
             clock.cancel()
             await asyncio.wait([clock], timeout=5.0)
+        for w in self.writable:  # retained across the restart
+            dv = await server.get_node(self._node_ids[w.name]).read_data_value()
+            if dv.Value is not None:
+                self._written[w.name] = dv.Value
         await server.stop()
         log.info("opcua plc stopped", endpoint=self.endpoint)
+
+    async def written(self, name: str) -> object:
+        """The current value of writable node `name` (what clients wrote last)."""
+        server = self._server
+        if server is None:
+            return self._written[name].Value
+        return await server.get_node(self._node_ids[name]).read_value()
 
     def cleanup(self) -> None:
         """Remove a temporary certificate folder made by `start` (stop first)."""
@@ -264,6 +298,48 @@ class OpcUaPlc:
             self._values[name] = dv
             if server is not None:
                 await server.write_attribute_value(self._node_ids[name], dv)
+
+    # Faults in the data itself, for the driver contract tests --------------------------------
+
+    async def add_odd_variable(self, name: str, value: ua.Variant) -> str:
+        """Serve one more variable `Loop.<name>` whose data type is `value`'s own (a String, a
+        Boolean, an array ...): a node of another type than a client configured as a number.
+        Kept across restarts; returns its node id in the namespace-URI form."""
+        if name in self._values or name in self._odd or name in self._node_ids:
+            raise ValueError(f"variable {name!r} exists already")
+        self._odd[name] = value
+        server = self._server
+        if server is not None:
+            folder = server.get_node(_node_id(OPCUA_FOLDER, self.namespace_index))
+            await self._add_odd_variables(folder, self.namespace_index, self._node_ids, [name])
+        return f"nsu={NAMESPACE_URI};s={OPCUA_FOLDER}.{name}"
+
+    async def _add_odd_variables(
+        self, folder: Any, idx: int, node_ids: dict[str, ua.NodeId], names: Sequence[str] = ()
+    ) -> None:
+        for name in names or list(self._odd):
+            value = self._odd[name]
+            nid = _node_id(f"{OPCUA_FOLDER}.{name}", idx)
+            var = await folder.add_variable(nid, ua.QualifiedName(name, idx), value)
+            await var.set_writable(False)
+            node_ids[name] = nid
+
+    async def write_status(
+        self, name: str, value: float, status: int, source_ts: float, server_ts: float
+    ) -> None:
+        """Set one tag's value with StatusCode `status` (e.g. an Uncertain or a Bad code) and
+        both timestamps (Unix seconds). A Bad code makes the server serve a null value."""
+        if name not in self._values:
+            raise ValueError(f"{name!r} is not a tag of this PLC")
+        dv = ua.DataValue(
+            ua.Variant(float(value), ua.VariantType.Double),
+            StatusCode=ua.StatusCode(ua.UInt32(status)),
+            SourceTimestamp=ua.DateTime.fromtimestamp(source_ts, UTC),
+            ServerTimestamp=ua.DateTime.fromtimestamp(server_ts, UTC),
+        )
+        self._values[name] = dv
+        if self._server is not None:
+            await self._server.write_attribute_value(self._node_ids[name], dv)
 
     async def __aenter__(self) -> OpcUaPlc:
         await self.start()

@@ -21,7 +21,7 @@ from hil.faults import PHYSICS_KINDS, FaultSchedule, ParamValue, check_params, p
 from hil.plant import DT, FaultArg, Plant
 from hil.plc_modbus import ModbusPlc
 from hil.plc_opcua import OpcUaPlc
-from hil.tags import tags_of
+from hil.tags import AGENT_NODES, tags_of
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,9 @@ class Rig:
         self.plant = Plant(seed)
         self.speed = speed
         self.publish_hz = publish_hz
-        self.opcua = OpcUaPlc(tags_of("process"), host=host, port=opcua_port)
+        self.opcua = OpcUaPlc(
+            tags_of("process"), host=host, port=opcua_port, writable=AGENT_NODES
+        )  # the agent area a PLC program sets aside for the agent's findings
         self.modbus = ModbusPlc(tags_of("drive"), host=host, port=modbus_port)
         self._schedule = FaultSchedule()
         for item in faults:

@@ -4,7 +4,9 @@ This is the single description of the rig's wire interface. The plant simulation
 values under these names; the OPC UA PLC (`process`) publishes them as variables under
 `Objects/Loop/<name>` in namespace `NAMESPACE_URI`, with string node ids `ns=<idx>;s=Loop.<name>`;
 the Modbus PLC (`drive`, a variable-frequency drive with its motor) publishes them in input
-registers of unit `DRIVE_UNIT`, encoded as given. The demo config (`configs/demo.toml`) and a
+registers of unit `DRIVE_UNIT`, encoded as given. `AGENT_NODES` are the variables a PLC program
+sets aside for the agent to write its findings into (`Objects/Agent/<name>`, served when the
+OPC UA PLC is started with `writable=`). The demo config (`configs/demo.toml`) and a
 test that checks it against this table keep both sides in step.
 """
 
@@ -15,11 +17,13 @@ from typing import Literal
 
 NAMESPACE_URI = "urn:edge-agent:hil"
 OPCUA_FOLDER = "Loop"
+AGENT_FOLDER = "Agent"
 DRIVE_UNIT = 1
 
 Plc = Literal["process", "drive"]
 RegType = Literal["int16", "uint16", "int32", "uint32", "float32"]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+NodeType = Literal["Boolean", "UInt16", "Int32", "UInt32", "Float", "Double", "String"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,23 @@ TAGS: tuple[TagDef, ...] = (
 )
 
 BY_NAME: dict[str, TagDef] = {t.name: t for t in TAGS}
+
+
+@dataclass(frozen=True, slots=True)
+class WritableNode:
+    """A variable clients may write, `Objects/Agent/<name>` with node id `Agent.<name>`, of
+    OPC UA built-in type `data_type`, 0 (or empty) at start."""
+
+    name: str
+    data_type: NodeType
+    description: str
+
+
+AGENT_NODES: tuple[WritableNode, ...] = (
+    WritableNode("alarm_word", "UInt16", "one bit per alarmed output, written by the agent"),
+    WritableNode("health", "Int32", "agent health: 0 ok, 1 degraded, 2 fault"),
+    WritableNode("heartbeat", "UInt32", "agent heartbeat counter"),
+)
 
 
 def tags_of(plc: Plc) -> tuple[TagDef, ...]:

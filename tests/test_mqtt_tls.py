@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from edge_agent.broker import find_mosquitto, free_port
+from edge_agent.broker import accepts_connections, find_mosquitto, free_port
 from edge_agent.publish import MqttPublisher, MqttSettings, PublishError
 from tests.fixtures.mqtt import Mosquitto, MqttSub
 from tests.fixtures.pki import Ca, Issued
@@ -35,6 +36,15 @@ class TlsBroker:
     password_port: int
     mutual_port: int
     expired_port: int
+
+
+def _accepting(port: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if accepts_connections("127.0.0.1", port):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _listener(port: int, lines: list[str]) -> str:
@@ -76,6 +86,9 @@ def tls_broker() -> Iterator[TlsBroker]:
                                    "allow_anonymous true"])
         )  # fmt: skip
         broker.start()
+        for port in ports:  # start() waits for the plain listener only
+            if not _accepting(port):
+                pytest.fail(f"mosquitto did not listen on {port}: {broker.log_tail()}")
         try:
             yield TlsBroker(broker, ca, wrong, client, client_pw, *ports)
         finally:

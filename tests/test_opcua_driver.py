@@ -15,8 +15,8 @@ from asyncua.ua.status_codes import StatusCodes
 
 from drivers.base import Quality, Sample
 from drivers.opcua import OpcUaDriver, OpcUaTag
-from drivers.opcua.driver import OpcUaGroup, item_sample
 from drivers.opcua.subscription import status_name, status_reason
+from drivers.opcua.tags import OpcUaGroup, item_sample
 from edge_agent.config import ConfigError, load_config, parse_config
 from hil.plc_opcua import OpcUaPlc
 from hil.tags import NAMESPACE_URI, TagDef
@@ -188,6 +188,49 @@ def test_server_timestamp_used_when_source_missing() -> None:
     """No SourceTimestamp: the ServerTimestamp is the sample's time, then the arrival time."""
     assert item_sample("t", (1, 2.0, 0, None, 200.0), 300.0).source_ts == 200.0
     assert item_sample("t", (1, 2.0, 0, None, None), 300.0).source_ts == 300.0
+
+
+async def test_rig_timestamps_and_uncertain_status_kept_on_every_path(
+    opcua_plc: OpcUaPlc,
+) -> None:
+    """Values the PLC stamped an hour ago keep that SourceTimestamp and their (recent)
+    ServerTimestamp, and an Uncertain StatusCode is an UNCERTAIN sample with both timestamps,
+    through a Read, a poll group and a subscription alike."""
+    now = time.time()
+    old = now - 3600.0
+    await opcua_plc.write_values({"level": 1.125}, old)
+    await opcua_plc.write_status("pressure", 2.75, 0x40900000, old, now - 5.0)  # LastUsableValue
+    tags = [
+        OpcUaTag("level", node("level"), 20.0),
+        OpcUaTag("pressure", node("pressure"), 20.0),
+        OpcUaTag("flow", node("flow"), group="slow"),
+        OpcUaTag("level_polled", node("level"), group="slow"),
+        OpcUaTag("pressure_polled", node("pressure"), group="slow"),
+    ]
+    d = OpcUaDriver(
+        "p", opcua_plc.endpoint, tags, groups=[OpcUaGroup("slow", "poll", 50.0)], timeout_s=2
+    )
+    await d.connect()
+    it = d.subscribe()
+    try:
+        read = {s.tag: s for s in await d.read()}
+        seen = await collect_until(it, lambda s: {t.name for t in tags} <= set(s))
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+        await d.aclose()
+    pushed = {name: got[0] for name, got in seen.items()}
+    for path, got in (("read", read), ("subscription and poll", pushed)):
+        for name in ("level", "level_polled"):
+            s = got[name]
+            assert (s.quality, s.value) == (Quality.GOOD, 1.125), (path, s)
+            assert s.source_ts == pytest.approx(old, abs=1e-3), (path, s)
+            assert now - 1.0 <= s.server_ts <= s.recv_ts, (path, s)  # stamped at the write
+        for name in ("pressure", "pressure_polled"):
+            s = got[name]
+            assert (s.quality, s.reason, s.value) == (Quality.UNCERTAIN, "uncertain", 2.75)
+            assert s.source_ts == pytest.approx(old, abs=1e-3), (path, s)
+            assert s.server_ts == pytest.approx(now - 5.0, abs=1e-3), (path, s)
+        assert got["flow"].quality is Quality.GOOD and not math.isnan(got["flow"].server_ts)
 
 
 def _cfg(driver: str) -> dict[str, object]:

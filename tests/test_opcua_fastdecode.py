@@ -1,8 +1,10 @@
 """The lean PublishResponse decoder against asyncua's own encoder and decoder (hypothesis):
-every builtin Variant type, arrays, status codes, timestamps, other notification kinds."""
+every builtin Variant type, arrays, status codes, timestamps, other notification kinds; and the
+driver's mapping of decoded items to samples (quality, both timestamps)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from datetime import UTC, datetime
@@ -20,6 +22,8 @@ from asyncua.ua.ua_binary import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.base import Quality
+from drivers.opcua import OpcUaDriver, OpcUaTag
 from drivers.opcua.fastdecode import Item, decode_publish, item_from_datavalue
 
 VT = ua.VariantType
@@ -222,3 +226,50 @@ def test_truncated_message_is_an_error_not_garbage() -> None:
     )
     with pytest.raises(Exception):  # noqa: B017  # struct.error, ValueError or asyncua's
         decode_publish(body[:-20])
+
+
+def test_driver_keeps_source_and_server_timestamps() -> None:
+    """Through the driver's mapping (lean and generic paths) a sample keeps SourceTimestamp in
+    `source_ts` and ServerTimestamp in `server_ts`; a missing ServerTimestamp is NaN."""
+    src = ua.DateTime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    srv = ua.DateTime(2026, 1, 2, 3, 4, 9, 123456, tzinfo=UTC)
+    uncertain = 0x40900000  # UncertainLastUsableValue
+    dvs = [
+        ua.DataValue(ua.Variant(1.5, VT.Double), SourceTimestamp=src, ServerTimestamp=srv),
+        ua.DataValue(
+            ua.Variant(2.5, VT.Double),
+            StatusCode=sc(uncertain),
+            SourceTimestamp=src,
+            ServerTimestamp=srv,
+        ),
+        ua.DataValue(ua.Variant(3.5, VT.Double), SourceTimestamp=src),
+        ua.DataValue(ua.Variant(4.5, VT.Double), ServerTimestamp=srv),
+        ua.DataValue(ua.Variant("text", VT.String), SourceTimestamp=src, ServerTimestamp=srv),
+        ua.DataValue(ua.Variant(7, VT.Int32), SourceTimestamp=src, ServerTimestamp=srv),
+    ]
+    names = [f"t{i}" for i in range(len(dvs))]
+    driver = OpcUaDriver("d", "opc.tcp://127.0.0.1:1/", [OpcUaTag(n, f"ns=2;s={n}") for n in names])
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    driver._queue = queue
+    driver._handle_names = ["", *names]
+    items = [ua.MonitoredItemNotification(i + 1, dv) for i, dv in enumerate(dvs)]
+    driver._on_publish(decode_publish(encode([ua.DataChangeNotification(MonitoredItems=items)])))
+    got = {s.tag: s for s in queue.get_nowait()}
+    t_src, t_srv = src.timestamp(), srv.timestamp()
+    want = {  # tag: (value, quality, reason, source_ts, server_ts)
+        "t0": (1.5, Quality.GOOD, "", t_src, t_srv),
+        "t1": (2.5, Quality.UNCERTAIN, "uncertain", t_src, t_srv),
+        "t2": (3.5, Quality.GOOD, "", t_src, math.nan),
+        "t3": (4.5, Quality.GOOD, "", t_srv, t_srv),  # no source time: the server's stands in
+        "t4": (math.nan, Quality.BAD, "type", t_src, t_srv),
+        "t5": (7.0, Quality.GOOD, "", t_src, t_srv),
+    }
+    for name, (value, quality, reason, s_ts, v_ts) in want.items():
+        s = got[name]
+        assert (s.quality, s.reason) == (quality, reason), s
+        assert same(s.value, value), s
+        assert s.source_ts == pytest.approx(s_ts, abs=1e-6), s
+        if math.isnan(v_ts):
+            assert math.isnan(s.server_ts), s
+        else:
+            assert s.server_ts == pytest.approx(v_ts, abs=1e-6), s

@@ -52,9 +52,10 @@ from drivers.modbus.write import WriteRefusedError, WriteResult, encode_for_writ
 log = structlog.get_logger(__name__)
 
 _GUARD_S = 0.5  # added to the connect timeout: TCP set-up is not a Modbus request
-UNIT_BACKOFF_S = (1.0, 30.0)
+UNIT_BACKOFF_S = (1.0, 30.0)  # first and longest pause before a silent unit is probed again
 _NO_REASON = repeat("")  # endless: zip stops at the tag names
-_NO_TEXT = repeat(None)  # first and longest pause before a silent unit is probed again
+_NO_TEXT = repeat(None)
+_NO_SERVER_TS = repeat(math.nan)  # Modbus has no timestamps of its own
 
 
 class _Planned:
@@ -245,7 +246,14 @@ class ModbusDriver:
             # The hot path: one GOOD sample per tag, built by C-level iteration (`_make`).
             vals = values.tolist()
             fields = zip(
-                p.names, vals, repeat(good), repeat(now), repeat(now), _NO_REASON, _NO_TEXT
+                p.names,
+                vals,
+                repeat(good),
+                repeat(now),
+                repeat(now),
+                _NO_REASON,
+                _NO_TEXT,
+                _NO_SERVER_TS,
             )
             return list(map(Sample._make, fields)), "answered"
         out = []

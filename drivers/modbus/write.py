@@ -10,11 +10,10 @@ the result carries both. The driver (`drivers.modbus.driver`) checks that the ta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import DriverError
+from drivers.base import WriteRefusedError, WriteResult
 from drivers.modbus import codec
 from drivers.modbus.link import Link, LinkLostError, RequestNotSentError, RequestTimeoutError
 from drivers.modbus.plan import ModbusTag
@@ -28,36 +27,7 @@ from drivers.modbus.wire import (
     write_registers_pdu,
 )
 
-
-class WriteRefusedError(DriverError):
-    """A write that is not allowed or cannot be encoded; nothing was sent."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a write did. `outcome`:
-
-    written     sent, acknowledged, read back equal
-    mismatch    sent and acknowledged, but the read-back differs (the PLC changed or clamped it)
-    rejected    the device answered with an exception (`reason` has its code); nothing written
-    unknown     sent, but no valid answer (timeout, link lost, malformed reply): it may or may
-                not have taken effect; never retried
-    unverified  acknowledged, but the read-back failed
-    not_sent    the old value could not be read or the link was down; nothing was sent
-
-    `old` is the value before the write, `new` the value read back (None when unknown).
-    """
-
-    tag: str
-    outcome: str
-    requested: float | str
-    old: float | str | None
-    new: float | str | None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "written"
+__all__ = ["WriteRefusedError", "WriteResult", "encode_for_write", "write_tag"]
 
 
 async def write_tag(

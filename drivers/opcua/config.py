@@ -11,6 +11,10 @@ the server certificates it trusts in `<pki_dir>/trusted/`, or one is pinned by
 Groups: `[[drivers.groups]]` with `name`, `mode` ("subscribe": one subscription with
 `publishing_interval_ms`; "poll": one Read call every `poll_interval_ms`); a tag names its
 `group` (default: the driver's own subscription at the driver's `publishing_interval_ms`).
+
+Writes: nothing is written unless a tag says `writable = true`; it is then written with its
+node's own DataType (read before each write), or as `data_type` (a built-in type name) for a
+node whose DataType is abstract. See `drivers.opcua.write`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from drivers.config import NAME_PATTERN, Strict, TagBase
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.security import Security
 from drivers.opcua.tags import DEFAULT_GROUP, OpcUaGroup, OpcUaTag
+from drivers.opcua.write import WRITABLE_TYPES
 
 PolicyName = Literal[
     "auto", "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"
@@ -42,6 +47,10 @@ class OpcUaTagConfig(TagBase):
         default=0.0, ge=0.0, description="DataChangeFilter deadband, applied by the server"
     )
     server_deadband_type: Literal["absolute", "percent"] = "absolute"
+    writable: bool = Field(default=False, description="allow writes to this node")
+    data_type: str | None = Field(
+        default=None, description="built-in type to write as; default: the node's DataType"
+    )
 
 
 class OpcUaGroupConfig(Strict):
@@ -100,6 +109,13 @@ class OpcUaDriverConfig(Strict):
             if g.mode == "poll" and g.poll_interval_ms is None:
                 out.append(f"{at}.poll_interval_ms: required with mode = 'poll'")
         for j, t in enumerate(self.tags):
+            if t.data_type is not None and t.data_type not in WRITABLE_TYPES:
+                out.append(
+                    f"{where}.tags[{j}].data_type: {t.data_type!r} is not a type that can be "
+                    f"written; use one of {', '.join(WRITABLE_TYPES)} or remove the key"
+                )
+            if t.data_type is not None and not t.writable:
+                out.append(f"{where}.tags[{j}].data_type: only for writable = true tags")
             if t.group != DEFAULT_GROUP and t.group not in names:
                 out.append(
                     f"{where}.tags[{j}].group: no group {t.group!r}; add a [[drivers.groups]] "
@@ -163,6 +179,8 @@ class OpcUaDriverConfig(Strict):
                 queue_size=t.queue_size,
                 discard_oldest=t.discard == "oldest",
                 group=t.group,
+                writable=t.writable,
+                data_type=t.data_type,
             )
             for t in self.tags
         ]

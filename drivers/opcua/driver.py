@@ -15,9 +15,11 @@ Tags belong to groups (`OpcUaGroup`): a `subscribe` group is one subscription wi
 publishing interval whose monitored items are created in batches (`items_per_call`); a `poll`
 group is read in one Read call per interval. Per-item failures (a node that does not exist, a
 filter the server refuses) are BAD samples with a reason, counted in `item_errors`.
+Writes (`write`) go only to tags declared writable; the exchange is `drivers.opcua.write`.
 
 Quality comes from the StatusCode severity bits (Good / Uncertain / Bad); `source_ts` from
-SourceTimestamp (ServerTimestamp, then arrival time, when the server sends none).
+SourceTimestamp (ServerTimestamp, then arrival time, when the server sends none); `server_ts`
+from ServerTimestamp (NaN when the server sends none). Reads and monitored items ask for both.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from drivers.base import ConfigError, ConnectError, Quality, Sample
 from drivers.opcua import channel
 from drivers.opcua import security as secmod
 from drivers.opcua import subscription as subs
-from drivers.opcua.fastdecode import Publish, item_from_datavalue
+from drivers.opcua.fastdecode import Item, Publish, item_from_datavalue
 from drivers.opcua.tags import (
     DEFAULT_GROUP,
     OpcUaGroup,
@@ -46,11 +48,20 @@ from drivers.opcua.tags import (
     item_sample,
     split_node_id,
 )
+from drivers.opcua.write import WriteRefusedError, WriteResult, write_node
 
 log = structlog.get_logger(__name__)
 
 _GUARD_S = 0.5
 _INF = math.inf
+_NAN = math.nan
+
+
+def _item_sample(name: str, item: Item, now: float) -> Sample:
+    """`item_sample` with the item's ServerTimestamp kept in `server_ts` (NaN when absent)."""
+    sample = item_sample(name, item, now)
+    srv = item[4]
+    return sample if srv is None else sample._replace(server_ts=srv)
 
 
 class OpcUaDriver:
@@ -169,8 +180,12 @@ class OpcUaDriver:
         client.connection_lost_callback = on_lost
         try:
             await self._secure(client)
-            await asyncio.wait_for(client.connect(), self._timeout())
-            namespaces = await asyncio.wait_for(client.get_namespace_array(), self._timeout())
+            # asyncio.timeout, not wait_for: before Python 3.12 wait_for swallows a cancellation
+            # that arrives as the inner call completes (cpython #86296), here and below.
+            async with asyncio.timeout(self._timeout()):
+                await client.connect()
+            async with asyncio.timeout(self._timeout()):
+                namespaces = await client.get_namespace_array()
         except secmod.SecurityError as exc:
             await self._drop(client)
             raise ConnectError(f"opcua {self.endpoint}: {exc}") from exc
@@ -219,7 +234,7 @@ class OpcUaDriver:
             if nid is None:
                 out.append(Sample(name, math.nan, Quality.BAD, now, now, "not_found"))
             else:
-                out.append(item_sample(name, item_from_datavalue(0, next(it)), now))
+                out.append(_item_sample(name, item_from_datavalue(0, next(it)), now))
         return out
 
     async def read(self) -> list[Sample]:
@@ -248,10 +263,14 @@ class OpcUaDriver:
             if 0 < handle < len(names):
                 name = names[handle]
                 if code == 0 and value.__class__ is float and -_INF < value < _INF:
-                    ts = src if src is not None else (srv if srv is not None else now)
-                    append(Sample(name, value, good, ts, now))
+                    if srv is None:
+                        srv = _NAN
+                        ts = src if src is not None else now
+                    else:
+                        ts = src if src is not None else srv
+                    append(Sample(name, value, good, ts, now, "", None, srv))
                 else:
-                    append(item_sample(name, item, now))
+                    append(_item_sample(name, item, now))
         if batch:
             queue.put_nowait(batch)
 
@@ -382,7 +401,8 @@ class OpcUaDriver:
                 if self._lost.is_set():
                     raise ConnectError(f"opcua {self.endpoint}: connection lost")
                 try:
-                    got = await asyncio.wait_for(queue.get(), timeout=window_s)
+                    async with asyncio.timeout(window_s):
+                        got = await queue.get()
                 except TimeoutError:
                     got = None
                 if isinstance(got, BaseException):
@@ -405,6 +425,29 @@ class OpcUaDriver:
                 task.cancel()
             if tasks:  # bounded: library code below may hold on to a cancellation
                 await asyncio.wait(tasks, timeout=self._timeout())
+
+    async def write(self, name: str, value: float | str) -> WriteResult:
+        """Write `value` to writable tag `name` as its node's own data type, read it back and
+        compare (see `drivers.opcua.write.write_node`; status codes such as BadNotWritable
+        become a `rejected` result). Raises WriteRefusedError (nothing sent) for unknown or
+        read-only tags and values the type cannot hold, ConnectError when not connected."""
+        index = next((i for i, t in enumerate(self._tags) if t.name == name), None)
+        if index is None:
+            raise WriteRefusedError(f"driver {self.name!r}: no tag {name!r}")
+        tag = self._tags[index]
+        if not tag.writable:
+            raise WriteRefusedError(
+                f"driver {self.name!r}: tag {name!r} is read-only; declare writable = true in "
+                "its [[drivers.tags]] entry to allow writes"
+            )
+        client = self._live()
+        nid = self._node_ids[index]
+        if nid is None:
+            return WriteResult(name, "not_sent", value, None, None, "not_found")
+        result = await write_node(client, nid, name, value, self.timeout_s, data_type=tag.data_type)
+        if result.outcome == "unknown":
+            self._log.warning("opcua write outcome unknown", tag=name, reason=result.reason)
+        return result
 
     async def aclose(self) -> None:
         """Close the session (bounded wait), then the socket. Idempotent; never raises."""

@@ -148,9 +148,8 @@ async def delete_subscriptions(client: Client, ids: Sequence[int], timeout_s: fl
     req = ua.DeleteSubscriptionsRequest()
     req.Parameters.SubscriptionIds = list(ids)
     with contextlib.suppress(UaError, OSError, ConnectionError, TimeoutError):
-        await asyncio.wait_for(
-            _call(client, req, ua.DeleteSubscriptionsResponse, timeout_s), timeout_s + 0.5
-        )
+        async with asyncio.timeout(timeout_s + 0.5):
+            await _call(client, req, ua.DeleteSubscriptionsResponse, timeout_s)
 
 
 async def create_items(
@@ -176,9 +175,8 @@ async def create_items(
         )
         calls += 1
         try:
-            rsp = await asyncio.wait_for(
-                _call(client, req, ua.CreateMonitoredItemsResponse, timeout_s), timeout_s + 0.5
-            )
+            async with asyncio.timeout(timeout_s + 0.5):
+                rsp = await _call(client, req, ua.CreateMonitoredItemsResponse, timeout_s)
         except UaStatusCodeError as exc:
             if exc.code in _TOO_MANY and batch > 1:
                 batch = max(1, batch // 2)  # the server wants smaller calls
@@ -201,7 +199,10 @@ async def read_values(
     params.NodesToRead = [
         ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value) for nid in node_ids
     ]
-    dvs: list[ua.DataValue] = await asyncio.wait_for(client.uaclient.read(params), timeout_s + 0.5)
+    # asyncio.timeout, not wait_for: before Python 3.12 wait_for swallows a cancellation that
+    # arrives as the read completes (cpython #86296), and a cancelled read must raise.
+    async with asyncio.timeout(timeout_s + 0.5):
+        dvs: list[ua.DataValue] = await client.uaclient.read(params)
     return dvs
 
 

@@ -24,7 +24,9 @@ class OpcUaTag:
 
     `deadband` is the server-side DataChangeFilter deadband (`deadband_type` "absolute" in
     engineering units, or "percent" of the node's EURange); `queue_size` 0 means enough for
-    every sample taken between two publishes.
+    every sample taken between two publishes. Only a `writable` tag is ever written
+    (`drivers.opcua.write`), with the node's own DataType unless `data_type` names the built-in
+    type to send instead (for a node whose DataType is abstract, e.g. BaseDataType).
     """
 
     name: str
@@ -35,6 +37,8 @@ class OpcUaTag:
     queue_size: int = 0
     discard_oldest: bool = True
     group: str = DEFAULT_GROUP
+    writable: bool = False
+    data_type: str | None = None
 
 
 @dataclass(frozen=True)
