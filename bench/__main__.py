@@ -22,6 +22,8 @@ BENCHMARKS: tuple[str, ...] = (
     "detector_skab",
     "opcua",
     "tick_path",
+    "rig_detection",
+    "writeback",
 )
 
 

@@ -6,7 +6,9 @@ across restarts. The flow is: `append` (stored before it is sent), `take` a batc
 flight, in memory only), then `commit` the ids once the broker sent PUBACK (deleted) or
 `release` them when the send failed (pending again, in their original order). Entries in flight
 when the process stops or crashes are simply pending again on the next open: nothing is lost,
-duplicates are possible (at-least-once).
+duplicates are possible (at-least-once). A caller that commits acknowledged ids in batches (the
+uplink does, every 50 ms or every window's worth) adds the acknowledged-but-not-yet-committed
+ones to what a crash can send twice.
 
 Bounds and drop policy (every drop is counted in `counters`, by reason):
     Size is the sum of `entry_size(topic, payload)` over stored entries (payload + topic +
@@ -42,10 +44,25 @@ of appends (and of commits: acknowledged entries may come back and be sent twice
 database itself stays consistent (the WAL is checksummed). Sequence numbers of appends rolled
 back by a power cut are handed out again after the restart; every entry therefore also records
 the `run` (a random id drawn at each open) that appended it, so a receiver can tell a reused
-number (same seq, different run) from a duplicate (same seq, same run). Measured on the
-development machine (100-byte payloads, one transaction per append): about 17k appends/s,
-about 10k/s when every append has to drop the oldest entry; take+commit in batches of 50:
-about 150k entries/s.
+number (same seq, different run) from a duplicate (same seq, same run).
+
+Cost (what each message pays, `bench.uplink`): one transaction per `append_many` batch (its
+rows, the two index leaves, the table's interior page and header: ~10 WAL frames for ten
+1.4 kB messages, ~100 us of CPU), the `take` and the deletion. What keeps it down:
+    - a plain append writes only its rows: the ``streams`` table (next sequence number) is
+      written by the transactions that delete or refuse entries, and at open a stream's next
+      number is one past its newest stored entry or the saved one, whichever is higher, so a
+      number is never handed out twice;
+    - `commit` deletes runs of consecutive ids as ranges and takes the byte count from what
+      `take` recorded (no row is read back);
+    - the live lane scans from a floor below which every row not in flight is old, so a
+      backlog of hours is not read again by each take (a clock that steps back resets it, a
+      released entry lowers it); `has_historical` is two index lookups (rows of earlier runs
+      are those with an id up to the highest found at open: AUTOINCREMENT ids only grow).
+    Measured and left as they were (no difference within this machine's noise): dropping an
+    index, ``wal_autocheckpoint`` off or higher, ``journal_size_limit``, ``secure_delete``
+    (on in Debian's build), ``locking_mode=EXCLUSIVE`` (it would also lock out readers such
+    as the sqlite3 shell), larger pages (fewer frames but more bytes per transaction).
 
 Corruption: a file that is not a SQLite database, or fails ``PRAGMA quick_check`` at open, is
 moved aside to ``<name>.corrupt-<UTC timestamp>`` (its WAL too), logged, and a fresh buffer
@@ -69,7 +86,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 import structlog
 
@@ -92,13 +109,17 @@ StreamKind = Literal["telemetry", "events"]
 
 Lane = Literal["all", "live", "backlog"]
 
-# Rows in flight are skipped inside SQLite (their payloads are never read), then LIMIT n.
-_TAKE_COLUMNS = "SELECT id, stream, seq, topic, payload, retain, ts, epoch, run FROM messages"
-_NOT_IN_FLIGHT = "id NOT IN (SELECT value FROM json_each(?))"
-_TAKE_QUERY: dict[Lane, str] = {
-    "all": f"{_TAKE_COLUMNS} WHERE {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
-    "live": f"{_TAKE_COLUMNS} WHERE ts >= ? AND {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
-    "backlog": f"{_TAKE_COLUMNS} WHERE ts < ? AND {_NOT_IN_FLIGHT} ORDER BY id LIMIT ?",
+# A rowid range scan from a floor (`id >= ?`); rows in flight are skipped inside SQLite (their
+# payloads are never read), then LIMIT n. The lanes filter on `ts` (`ts >= ?` live, `ts < ?`
+# backlog); "all" passes -inf so that every lane has the same parameters.
+_TAKE_COLUMNS = "SELECT id, stream, seq, topic, payload, retain, ts, epoch, run, size FROM messages"
+_NOT_IN_FLIGHT = " AND id NOT IN (SELECT value FROM json_each(?))"
+_TAKE_WHERE: dict[Lane, str] = {"all": "ts >= ?", "live": "ts >= ?", "backlog": "ts < ?"}
+_TAKE_QUERY: dict[tuple[Lane, bool], str] = {
+    (lane, skip): f"{_TAKE_COLUMNS} WHERE id >= ? AND {where}{_NOT_IN_FLIGHT if skip else ''} "
+    "ORDER BY id LIMIT ?"
+    for lane, where in _TAKE_WHERE.items()
+    for skip in (False, True)
 }
 
 _SCHEMA = """
@@ -154,9 +175,8 @@ class NewEntry:
     ts: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored message, as handed out by `Buffer.take`."""
+class Entry(NamedTuple):
+    """One stored message, as handed out by `Buffer.take` (a tuple: cheap to make per row)."""
 
     id: int
     stream: str
@@ -199,7 +219,9 @@ class Buffer:
         self._streams = dict(streams)
         self._clock = clock
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, int] = {}  # id -> size of the entries taken
+        self._live_floor = 0  # every row below it not in flight is older than live_s
+        self._live_cutoff = -float("inf")
         self._high = False
         self._last_sync = time.monotonic()
         self._last_expire = -float("inf")
@@ -286,15 +308,31 @@ class Buffer:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (self._epoch,),
             )
-        self._next_seq: dict[str, int] = dict(
-            db.execute("SELECT stream, next_seq FROM streams").fetchall()
-        )
-        count, total = db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM messages"
-        ).fetchone()
-        self._count: int = count
-        self._bytes: int = total
+        self._load_totals()
+        self._open_max_id: int = self._top_id
         self._check_water()
+
+    def _load_totals(self) -> None:
+        """Counts, bytes and next sequence numbers from the file (one scan of the table).
+
+        A stream's next number is one past its newest stored entry, or what the ``streams``
+        table says if that is higher: the table is written by every transaction that deletes
+        entries or refuses one (so a number is never handed out twice), not by plain appends.
+        """
+        db = self._db
+        saved: dict[str, int] = dict(db.execute("SELECT stream, next_seq FROM streams"))
+        self._saved_seq = dict(saved)
+        self._count = 0
+        self._bytes = 0
+        self._top_id = 0
+        for stream, count, total, top_seq, top_id in db.execute(
+            "SELECT stream, count(*), sum(size), max(seq), max(id) FROM messages GROUP BY stream"
+        ):
+            self._count += count
+            self._bytes += total
+            self._top_id = max(self._top_id, top_id)
+            saved[stream] = max(saved.get(stream, 0), top_seq + 1)
+        self._next_seq = saved
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -318,30 +356,7 @@ class Buffer:
         ts: float | None = None,
     ) -> int:
         """Store one message and return its sequence number in `stream` (even if it was refused)."""
-        policy = self._streams.get(stream)
-        if policy is None:
-            raise KeyError(f"unknown stream {stream!r}")
-        is_event = policy.kind == "events"
-        when = self._clock() if ts is None else ts
-        size = entry_size(topic, payload)
-        with self._lock:
-            try:
-                with self._tx():
-                    seq = self._append_locked(
-                        stream,
-                        topic=topic,
-                        payload=payload,
-                        retain=retain,
-                        when=when,
-                        size=size,
-                        is_event=is_event,
-                    )
-                    self._save_seqs((stream,))
-            except sqlite3.Error as exc:
-                self._reload_totals()
-                raise BufferStoreError(f"append failed: {exc}") from exc
-            self._after_write()
-            return seq
+        return self.append_many([NewEntry(stream, topic, payload, retain, ts)])[0]
 
     def append_many(self, items: Sequence[NewEntry]) -> list[int]:
         """Store several messages in one transaction; their sequence numbers, in order."""
@@ -357,7 +372,9 @@ class Buffer:
             try:
                 with self._tx():
                     if self._bytes + sum(sizes) <= self.max_bytes:
-                        seqs = self._insert_all(prepared, sizes, now)  # the common case
+                        # The common case: everything fits, nothing is dropped or refused, so
+                        # the stored rows themselves carry the sequence numbers.
+                        seqs = self._insert_all(prepared, sizes, now)
                     else:
                         seqs = [
                             self._append_locked(
@@ -371,7 +388,7 @@ class Buffer:
                             )
                             for (item, is_event), size in zip(prepared, sizes, strict=True)
                         ]
-                    self._save_seqs({item.stream for item, _ in prepared})
+                        self._save_seqs()
             except sqlite3.Error as exc:
                 self._reload_totals()
                 raise BufferStoreError(f"append failed: {exc}") from exc
@@ -444,22 +461,22 @@ class Buffer:
         self._next_seq[stream] = seq + 1
         return seq
 
-    def _save_seqs(self, streams: Iterable[str]) -> None:
-        """Persist the next sequence number of `streams` (inside the caller's transaction)."""
-        self._db.executemany(
-            "INSERT INTO streams (stream, next_seq) VALUES (?, ?) "
-            "ON CONFLICT (stream) DO UPDATE SET next_seq = excluded.next_seq",
-            [(st, self._next_seq[st]) for st in streams],
-        )
+    def _save_seqs(self) -> None:
+        """Persist the next sequence numbers that moved since last saved (inside the caller's
+        transaction; every transaction that deletes or refuses an entry calls it)."""
+        moved = [(st, n) for st, n in self._next_seq.items() if self._saved_seq.get(st) != n]
+        if moved:
+            self._db.executemany(
+                "INSERT INTO streams (stream, next_seq) VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET next_seq = excluded.next_seq",
+                moved,
+            )
+            self._saved_seq.update(moved)
 
     def _reload_totals(self) -> None:
         """Re-read counts and sequence numbers after a rolled-back transaction."""
         with contextlib.suppress(sqlite3.Error):
-            db = self._db
-            self._next_seq = dict(db.execute("SELECT stream, next_seq FROM streams").fetchall())
-            self._count, self._bytes = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM messages"
-            ).fetchone()
+            self._load_totals()
 
     def _make_room(self, need: int, is_event: bool) -> bool:
         """Drop entries by the policy until `need` bytes are free; False: refuse the new one."""
@@ -499,7 +516,7 @@ class Buffer:
         for row_id, row_size, _ in rows:
             self._count -= 1
             self._bytes -= row_size
-            self._in_flight.discard(row_id)
+            self._in_flight.pop(row_id, None)
         return {row_id: kind for row_id, _, kind in rows}
 
     def take(self, n: int, *, lane: Lane = "all") -> list[Entry]:
@@ -518,52 +535,84 @@ class Buffer:
                     with self._tx():
                         self._expire_locked()
                 self._check_water()
-                now = self._clock()
-                out: list[Entry] = []
                 if n <= 0:
-                    return out
-                skip = json.dumps(sorted(self._in_flight))
-                args: tuple[float | str | int, ...] = (
-                    (skip, n) if lane == "all" else (now - (self.live_s or 0.0), skip, n)
-                )
-                cur = self._db.execute(_TAKE_QUERY[lane], args)
-                for row_id, stream, seq, topic, payload, retain, ts, epoch, run in cur:
-                    historical = epoch < self._epoch or (
-                        self.live_s is not None and now - ts > self.live_s
-                    )
-                    out.append(
-                        Entry(
-                            row_id,
-                            stream,
-                            seq,
-                            topic,
-                            bytes(payload),
-                            bool(retain),
-                            ts,
-                            historical,
-                            run,
-                        )
-                    )
-                cur.close()
+                    return []
+                return self._take_locked(n, lane, self._clock())
             except sqlite3.Error as exc:
                 raise BufferStoreError(f"take failed: {exc}") from exc
-            self._in_flight.update(e.id for e in out)
-            return out
+
+    def _take_locked(self, n: int, lane: Lane, now: float) -> list[Entry]:
+        live_s = self.live_s
+        cutoff = -float("inf") if live_s is None else now - live_s
+        floor = 0
+        if lane == "live":
+            # The live lane scans from a floor below which every row not in flight is old: a
+            # backlog of hours is not read again by each take. A clock that went back (rows
+            # that were old are live again) starts from the beginning.
+            if cutoff < self._live_cutoff:
+                self._live_floor = 0
+            self._live_cutoff = cutoff
+            floor = self._live_floor
+        bound = -float("inf") if lane == "all" else cutoff
+        skip = [i for i in self._in_flight if i >= floor]
+        args: tuple[float | str | int, ...] = (
+            (floor, bound, json.dumps(skip), n) if skip else (floor, bound, n)
+        )
+        rows = self._db.execute(_TAKE_QUERY[lane, bool(skip)], args).fetchall()
+        epoch = self._epoch
+        in_flight = self._in_flight
+        out: list[Entry] = []
+        for row_id, stream, seq, topic, payload, retain, ts, row_epoch, run, size in rows:
+            historical = row_epoch < epoch or (live_s is not None and now - ts > live_s)
+            out.append(
+                Entry(row_id, stream, seq, topic, payload, bool(retain), ts, historical, run)
+            )
+            in_flight[row_id] = size
+        if lane == "live":
+            if len(out) == n:
+                self._live_floor = out[-1].id + 1
+            else:  # every row not in flight from the floor on is old (or was just taken)
+                (top,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+                self._live_floor = top + 1
+        return out
 
     def commit(self, ids: Iterable[int]) -> None:
-        """Delete acknowledged entries (unknown ids are ignored)."""
+        """Delete acknowledged entries: those in flight among `ids` (others, never taken or
+        already committed, are ignored).
+
+        Runs of consecutive ids are deleted as ranges (``id BETWEEN a AND b``), one statement
+        per run, and the totals come from what `take` recorded: no row is read back.
+        """
         with self._lock:
+            sizes = self._in_flight
+            done = sorted(i for i in set(ids) if i in sizes)
+            if not done:
+                return
+            runs: list[tuple[int, int]] = []
+            lo = hi = done[0]
+            for i in done[1:]:
+                if i != hi + 1:
+                    runs.append((lo, hi))
+                    lo = i
+                hi = i
+            runs.append((lo, hi))
             try:
                 with self._tx():
-                    self._delete(ids)
+                    self._save_seqs()
+                    self._db.executemany("DELETE FROM messages WHERE id BETWEEN ? AND ?", runs)
             except sqlite3.Error as exc:
+                self._reload_totals()
                 raise BufferStoreError(f"commit failed: {exc}") from exc
+            self._count -= len(done)
+            self._bytes -= sum(sizes.pop(i) for i in done)
             self._after_write()
 
     def release(self, ids: Iterable[int]) -> None:
         """Put entries back (send failed): pending again, in their original order."""
         with self._lock:
-            self._in_flight.difference_update(ids)
+            for i in ids:
+                if self._in_flight.pop(i, None) is not None:
+                    self._live_floor = min(self._live_floor, i)
 
     def expire(self) -> int:
         """Drop telemetry older than `max_age_s` now (not in flight); return how many."""
@@ -587,6 +636,7 @@ class Buffer:
         ]
         if not ids:
             return 0
+        self._save_seqs()
         n = len(self._delete(ids))
         self.counters["age"] += n
         return n
@@ -597,15 +647,28 @@ class Buffer:
             return self._count - len(self._in_flight)
 
     def has_historical(self) -> bool:
-        """Whether any stored entry (pending or in flight) would be sent as historical."""
+        """Whether any stored entry (pending or in flight) would be sent as historical.
+
+        Two index lookups, never a scan: rows of earlier runs are exactly those with an id up
+        to the highest id found at open (ids only grow), and old rows are found through the
+        ``(is_event, ts)`` index.
+        """
         with self._lock:
             if self._count == 0:
                 return False
             cutoff = -float("inf") if self.live_s is None else self._clock() - self.live_s
             try:
-                row = self._db.execute(
-                    "SELECT 1 FROM messages WHERE epoch < ? OR ts < ? LIMIT 1",
-                    (self._epoch, cutoff),
+                db = self._db
+                if self._open_max_id > 0:
+                    row = db.execute(
+                        "SELECT 1 FROM messages WHERE id <= ? LIMIT 1", (self._open_max_id,)
+                    ).fetchone()
+                    if row is not None:
+                        return True
+                    self._open_max_id = 0  # gone for good: ids only grow
+                row = db.execute(
+                    "SELECT 1 FROM messages WHERE is_event IN (0, 1) AND ts < ? LIMIT 1",
+                    (cutoff,),
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise BufferStoreError(f"query failed: {exc}") from exc

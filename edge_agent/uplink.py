@@ -4,7 +4,9 @@
 moves them to the `MqttPublisher` and deletes each from the buffer only after its PUBACK. So a
 message the agent accepted survives a broker outage, a network outage and a crash or kill of
 the agent (the next start sends what is still stored); a power cut can cost the buffer's last
-sync interval (see `edge_agent.buffer`).
+sync interval (see `edge_agent.buffer`). Acknowledged ids are deleted in batches, every
+`COMMIT_DELAY_S` or as soon as a window's worth is waiting, so a crash sends again at most the
+window in flight plus one window of acknowledged messages (duplicates, never loss).
 
 Envelope: the stored payload is a JSON object; on the way out it gets, in front of its own
 fields, `"v"` (payload format version), `"agent_id"`, `"stream"`, `"seq"` (per stream, counting
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 import zlib
@@ -44,13 +45,15 @@ log = structlog.get_logger(__name__)
 
 PAYLOAD_VERSION = 1
 COMMIT_DELAY_S = 0.05
-"""Acknowledged ids are deleted from the buffer in batches, at most this long after PUBACK."""
+"""Acknowledged ids are deleted from the buffer in batches, at most this long after PUBACK, or
+as soon as a window's worth of them is waiting: after a crash, at most one window of
+acknowledged messages (plus the window in flight) is sent again."""
 HISTORICAL_CHECK_S = 0.25
 """How often the forwarder asks the buffer whether a backlog is waiting."""
 IDLE_WAKE_S = 0.5
+"""The forwarder re-checks the buffer this often even when nothing new arrived."""
 ZLIB_LEVEL = 6
 ZLIB_CONTENT_TYPE = "application/json+zlib"
-"""The forwarder re-checks the buffer this often even when nothing new arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +111,11 @@ class Uplink:
             raise ValueError(f"unknown compression {settings.compression!r}")
         self._zlib = settings.compression == "zlib"
         self._ready = ready
-        self._outstanding: dict[int, Entry] = {}
+        self._outstanding: dict[asyncio.Future[None], int] = {}  # PUBACK future -> entry id
         self._acked: list[int] = []
         self._commit_handle: asyncio.TimerHandle | None = None
         self._wake: asyncio.Event | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
         self._tokens = 0.0
         self._last_refill = time.monotonic()
         self._state = "online"
@@ -156,16 +160,30 @@ class Uplink:
                 await self._wait_for_work()
                 self._forward_once()
         finally:
+            if self._idle_handle is not None:
+                self._idle_handle.cancel()
+                self._idle_handle = None
             self._commit_now()
 
     async def _wait_for_work(self) -> None:
-        assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(IDLE_WAKE_S):
-                await self._wake.wait()
-        self._wake.clear()
+        wake = self._wake
+        assert wake is not None
+        if not wake.is_set():
+            # One timer per idle wait (not per wake-up): the forwarder looks again after
+            # IDLE_WAKE_S even when nothing new arrived.
+            if self._idle_handle is None:
+                self._idle_handle = asyncio.get_running_loop().call_later(
+                    IDLE_WAKE_S, self._idle_wake
+                )
+            await wake.wait()
+        wake.clear()
         if not self.publisher.connected:
             await self.publisher.wait_connected(IDLE_WAKE_S)
+
+    def _idle_wake(self) -> None:
+        self._idle_handle = None
+        if self._wake is not None:
+            self._wake.set()
 
     def _forward_once(self) -> None:
         if not self.publisher.connected or (self._ready is not None and not self._ready()):
@@ -186,9 +204,15 @@ class Uplink:
                 self._tokens -= len(old)
                 batch.extend(old)
         self._set_state("draining" if self._historical else "online")
+        publish = self.publisher.publish
+        outstanding = self._outstanding
+        done = self._done
+        agent_json = self._agent_json
+        framer = self._framer
+        sent = 0
         for entry in batch:
             try:
-                payload = self.frame(entry)
+                payload = frame(agent_json, entry) if framer is None else framer(entry)
             except PublishError:
                 self.buffer.release([entry.id])  # the framer says: not now
                 self.counters["released"] += 1
@@ -205,16 +229,15 @@ class Uplink:
                 payload = zlib.compress(payload, ZLIB_LEVEL)
                 content_type = ZLIB_CONTENT_TYPE
             try:
-                fut = self.publisher.publish(
-                    entry.topic, payload, retain=entry.retain, content_type=content_type
-                )
+                fut = publish(entry.topic, payload, retain=entry.retain, content_type=content_type)
             except PublishError:
                 self.buffer.release([entry.id])
                 self.counters["released"] += 1
                 continue
-            self._outstanding[entry.id] = entry
-            fut.add_done_callback(functools.partial(self._done, entry.id))
-            self.counters["sent"] += 1
+            outstanding[fut] = entry.id
+            fut.add_done_callback(done)
+            sent += 1
+        self.counters["sent"] += sent
 
     def _replay_tokens(self) -> int:
         now = time.monotonic()
@@ -230,8 +253,10 @@ class Uplink:
             return self._framer(entry)
         return frame(self._agent_json, entry)
 
-    def _done(self, entry_id: int, fut: asyncio.Future[None]) -> None:
-        self._outstanding.pop(entry_id, None)
+    def _done(self, fut: asyncio.Future[None]) -> None:
+        entry_id = self._outstanding.pop(fut, None)
+        if entry_id is None:
+            return
         if fut.cancelled() or fut.exception() is not None:
             # Closed or dropped before PUBACK: it stays in the buffer for the next attempt.
             with contextlib.suppress(BufferStoreError):
@@ -240,7 +265,11 @@ class Uplink:
         else:
             self._acked.append(entry_id)
             self.counters["acked"] += 1
-            if self._commit_handle is None:
+            if len(self._acked) >= self.settings.window:
+                if self._commit_handle is not None:
+                    self._commit_handle.cancel()
+                self._commit_now()
+            elif self._commit_handle is None:
                 loop = asyncio.get_running_loop()
                 self._commit_handle = loop.call_later(COMMIT_DELAY_S, self._commit_now)
         if self._wake is not None:

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 from structlog.testing import capture_logs
 
-from edge_agent.buffer import Buffer, Entry, NewEntry, StreamPolicy, entry_size
+from edge_agent.buffer import Buffer, Entry, Lane, NewEntry, StreamPolicy, entry_size
 
 STREAMS = {
     "t1": StreamPolicy("telemetry"),
@@ -70,21 +70,27 @@ class ModelEntry:
     payload: bytes
     size: int
     is_event: bool
+    ts: float = 0.0
+    old_run: bool = False
+    """Appended before the last reopen: historical whatever its age."""
     in_flight: bool = False
     id: int = -1
 
 
 MAX_BYTES = 2_000
+LIVE_S = 2.0
 
 
 class BufferMachine(RuleBasedStateMachine):
-    """Append/take/commit/release/reopen/overflow against an in-memory model of the buffer."""
+    """Append/take (all, live and backlog lanes)/commit/release/reopen/overflow and a wall
+    clock that moves (also backwards) against an in-memory model of the buffer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
         self.path = Path(self.dir.name) / "buf.db"
-        self.buf = open_buffer(self.path, MAX_BYTES)
+        self.clock = FakeClock()
+        self.buf = self._open()
         self.entries: list[ModelEntry] = []
         self.next_seq: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self.taken: list[Entry] = []
@@ -92,9 +98,18 @@ class BufferMachine(RuleBasedStateMachine):
             ("telemetry_oldest", "telemetry_refused", "events_full"), 0
         )
 
+    def _open(self) -> Buffer:
+        return open_buffer(self.path, MAX_BYTES, clock=self.clock, live_s=LIVE_S)
+
     @initialize()
     def start(self) -> None:
         """Nothing to do: the buffer is opened in __init__."""
+
+    def _live(self, e: ModelEntry) -> bool:
+        return e.ts >= self.clock.now - LIVE_S  # the buffer's own comparison (exact here)
+
+    def _historical(self, e: ModelEntry) -> bool:
+        return e.old_run or self.clock.now - e.ts > LIVE_S
 
     def _model_append(self, stream: str, payload: bytes) -> int:
         is_event = STREAMS[stream].kind == "events"
@@ -119,7 +134,7 @@ class BufferMachine(RuleBasedStateMachine):
             for v in victims:
                 self.entries.remove(v)
                 self.counters["events_full" if v.is_event else "telemetry_oldest"] += 1
-        self.entries.append(ModelEntry(stream, seq, payload, size, is_event))
+        self.entries.append(ModelEntry(stream, seq, payload, size, is_event, self.clock.now))
         return seq
 
     @rule(stream=st.sampled_from(sorted(STREAMS)), payload=st.binary(max_size=60))
@@ -135,13 +150,18 @@ class BufferMachine(RuleBasedStateMachine):
         expected = self._model_append(stream, payload)
         assert self.buf.append(stream, f"plant/{stream}", payload) == expected
 
-    @rule(n=st.integers(0, 8))
-    def take(self, n: int) -> None:
-        """Take hands out the oldest entries not in flight, in order."""
-        got = self.buf.take(n)
-        free = [e for e in self.entries if not e.in_flight][:n]
-        assert [(g.stream, g.seq, g.payload) for g in got] == [
-            (e.stream, e.seq, e.payload) for e in free
+    @rule(n=st.integers(0, 8), lane=st.sampled_from(["all", "live", "backlog"]))
+    def take(self, n: int, lane: Lane) -> None:
+        """Take hands out the oldest entries of the lane not in flight, in order, with their
+        historical flag."""
+        got = self.buf.take(n, lane=lane)
+        free = [
+            e
+            for e in self.entries
+            if not e.in_flight and (lane == "all" or (lane == "live") == self._live(e))
+        ][:n]
+        assert [(g.stream, g.seq, g.payload, g.historical) for g in got] == [
+            (e.stream, e.seq, e.payload, self._historical(e)) for e in free
         ]
         for g, e in zip(got, free, strict=True):
             e.in_flight = True
@@ -170,16 +190,24 @@ class BufferMachine(RuleBasedStateMachine):
                 e.in_flight = False
         self.taken = [e for e in self.taken if e.id not in ids]
 
+    @rule(step=st.sampled_from([0.5, 1.0, 1.5, 3.0, -1.0, -4.0]))
+    def clock_moves(self, step: float) -> None:
+        """The wall clock moves on, or back (an NTP step): entries change lanes by age."""
+        self.clock.now += step
+
     @rule()
     def reopen(self) -> None:
-        """Close and open the same file: everything stored is pending again, seqs continue."""
+        """Close and open the same file: everything stored is pending again, seqs continue.
+        Entries taken and not committed (sent, maybe even acknowledged by the broker but not
+        deleted yet) come back: the at-least-once duplicates."""
         self.buf.close()
         counters = self.buf.counters
-        self.buf = open_buffer(self.path, MAX_BYTES)
+        self.buf = self._open()
         assert self.buf.recovered_from is None
         self.buf.counters.update(counters)
         for e in self.entries:
             e.in_flight = False
+            e.old_run = True
         self.taken = []
 
     @invariant()
@@ -191,11 +219,12 @@ class BufferMachine(RuleBasedStateMachine):
         assert self.buf.bytes_used() <= MAX_BYTES
         for name, value in self.counters.items():
             assert self.buf.counters[name] == value, name
+        assert self.buf.has_historical() == any(self._historical(e) for e in self.entries)
 
     def teardown(self) -> None:
         """Check the whole content in order, then clean up."""
         self.buf.close()
-        self.buf = open_buffer(self.path, MAX_BYTES)
+        self.buf = self._open()
         got = self.buf.take(10_000)
         assert [(g.stream, g.seq, g.payload) for g in got] == [
             (e.stream, e.seq, e.payload) for e in self.entries
@@ -472,3 +501,43 @@ def test_append_many_is_one_transaction_with_per_stream_sequences(tmp_path: Path
         kept = buf.take(100)
         assert b"y" in [e.payload for e in kept], "the event is never dropped for telemetry"
         assert {e.run for e in kept} == {run, buf.run}
+
+
+def test_live_lane_sees_entries_again_when_the_clock_steps_back(tmp_path: Path) -> None:
+    """The live lane skips a backlog it has scanned once; an entry that turned old is live
+    again after the wall clock stepped back, and a released live entry is handed out again
+    before newer ones."""
+    clock = FakeClock()
+    with open_buffer(tmp_path / "b.db", clock=clock, live_s=10.0) as buf:
+        buf.append("t1", "a", b"first")
+        clock.now += 30
+        assert buf.take(5, lane="live") == []  # old now: the lane scans past it
+        clock.now -= 25  # an NTP step back: 5 s old, live again
+        assert [e.payload for e in buf.take(5, lane="live")] == [b"first"]
+        for k in range(3):
+            buf.append("t1", "a", f"n{k}".encode())
+        taken = buf.take(2, lane="live")
+        assert [e.payload for e in taken] == [b"n0", b"n1"]
+        buf.release([taken[0].id])
+        assert [e.payload for e in buf.take(5, lane="live")] == [b"n0", b"n2"]
+        assert buf.take(5, lane="backlog") == []
+
+
+def test_commit_deletes_runs_and_ignores_ids_not_in_flight(tmp_path: Path) -> None:
+    """Committed ids in several runs are deleted, bytes and counts follow; ids never taken
+    (or already committed) are ignored, and a reopen sees exactly what is left."""
+    path = tmp_path / "b.db"
+    with open_buffer(path, max_bytes=100_000) as buf:
+        for i in range(10):
+            buf.append("t1", "a", bytes([i]) * 10)
+        taken = buf.take(8)
+        done = [taken[k].id for k in (0, 1, 2, 5, 7)]
+        untouched = buf.bytes_used()
+        buf.commit([*done, 10_000])
+        buf.commit(done)  # a second commit of the same ids changes nothing
+        assert buf.bytes_used() == untouched - 5 * entry_size("a", b"x" * 10)
+        assert buf.pending() == 2 and buf.in_flight() == 3
+        buf.release(e.id for e in taken)
+    with open_buffer(path, max_bytes=100_000) as buf:
+        assert [e.seq for e in buf.take(10)] == [3, 4, 6, 8, 9]
+        assert buf.bytes_used() == 5 * entry_size("a", b"x" * 10)

@@ -21,6 +21,7 @@ import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ class InProcess:
     """Buffer + publisher + uplink in the test's loop, and a producer task at `rate` msg/s."""
 
     def __init__(
-        self, tmp: Path, host: str, port: int, keepalive_s: int = 10, **uplink: float
+        self, tmp: Path, host: str, port: int, keepalive_s: int = 10, **uplink: Any
     ) -> None:
         self.path = tmp / "uplink.db"
         self.buffer = make_buffer(self.path)
