@@ -1,10 +1,12 @@
 """Benchmark: values/s, CPU per 1,000 values and RSS, agent vs bare libraries vs Node-RED.
 
     uv run python -m bench.throughput [--quick] [--repeats N] [--protocols modbus,opcua]
-                                      [--sizes 1000,5000,10000]
+                                      [--sizes 1000,5000,10000] [--modbus-server lean]
 
 For each protocol and size a load rig (`hil.load`, every tag changing at 10 Hz) runs for the
-whole group; the cases take turns on it, run after run (interleaved):
+whole group; the cases take turns on it, run after run (interleaved). Modbus is served by the
+rig's lean server (`hil.load.modbus_server`), and the agent keeps 16 reads in flight per
+connection; `--modbus-server pymodbus` serves it with pymodbus' server (one read at a time).
 
 - `agent`: `edge-agent run` on the rig's generated config (deadband 0: every change is
   published; the water-loop model on plant instance 0, the detector on), values counted at
@@ -42,6 +44,7 @@ from bench.load_run import (
 )
 from bench.nodered import flows as nodered
 from hil.load.config import agent_config
+from hil.load.modbus_server import MODBUS_SERVERS, ModbusServerKind
 from hil.load.rig import LoadRig, Protocol
 
 NAME = "throughput"
@@ -49,6 +52,8 @@ FULL_SIZES = (1000, 5000, 10000)
 QUICK_SIZES = (100,)
 TARGET_VALUES_PER_S = 100_000
 TARGET_NODERED_RATIO = 5.0
+MAX_OUTSTANDING = 16
+"""Reads in flight per Modbus connection against the lean server (the config's maximum)."""
 
 
 def processes_for(protocol: str, tags: int) -> int:
@@ -59,12 +64,18 @@ def processes_for(protocol: str, tags: int) -> int:
 
 
 def contenders(
-    protocol: Protocol, tags: int, rig: LoadRig, broker: tuple[str, int], work: Path
+    protocol: Protocol,
+    tags: int,
+    rig: LoadRig,
+    broker: tuple[str, int],
+    work: Path,
+    *,
+    max_outstanding: int = 1,
 ) -> list[Contender]:
     cfg = work / f"agent-{protocol}-{tags}.toml"
     cfg.write_text(
         agent_config(protocol, tags, rig.endpoints, mqtt_host=broker[0], mqtt_port=broker[1],
-                     state_dir=str(work / "state"))
+                     state_dir=str(work / "state"), max_outstanding=max_outstanding)
     )  # fmt: skip
     bare = "bench.baselines.modbus_poll" if protocol == "modbus" else "bench.baselines.opcua_sub"
     out = [
@@ -105,8 +116,15 @@ def _rows(group: str, runs: dict[str, list[Measured]]) -> list[Row]:
     return rows
 
 
-def run(opts: Options, protocols: Sequence[Protocol], sizes: Sequence[int]) -> Path:
+def run(
+    opts: Options,
+    protocols: Sequence[Protocol],
+    sizes: Sequence[int],
+    modbus_server: ModbusServerKind = "lean",
+) -> Path:
     repeats = opts.repeats
+    # The lean server answers pipelined reads; pymodbus' answers one request at a time.
+    outstanding = MAX_OUTSTANDING if modbus_server == "lean" else 1
     settle_s, window_s = (1.0, 3.0) if opts.quick else (3.0, 10.0)
     rows: list[Row] = []
     targets: list[Target] = []
@@ -119,9 +137,11 @@ def run(opts: Options, protocols: Sequence[Protocol], sizes: Sequence[int]) -> P
                 for tags in sizes:
                     procs = processes_for(protocol, tags)
                     group = f"{protocol} {tags} tags"
-                    with LoadRig(tags, protocol, procs) as rig:
+                    with LoadRig(tags, protocol, procs, modbus_server=modbus_server) as rig:
                         rig.wait_stats(10.0)
-                        cases = contenders(protocol, tags, rig, broker, work)
+                        cases = contenders(
+                            protocol, tags, rig, broker, work, max_outstanding=outstanding
+                        )
                         runs: dict[str, list[Measured]] = {c.name: [] for c in cases}
                         for _ in range(repeats):
                             for c in cases:
@@ -152,15 +172,14 @@ def run(opts: Options, protocols: Sequence[Protocol], sizes: Sequence[int]) -> P
         notes.append("Node-RED not installed (bash bench/nodered/install.sh): its rows are absent")
     return report(NAME, opts, rows, targets=targets, notes=notes,
                   config={"protocols": list(protocols), "sizes": list(sizes),
-                          "settle_s": settle_s, "window_s": window_s})  # fmt: skip
+                          "settle_s": settle_s, "window_s": window_s,
+                          "modbus_server": modbus_server,
+                          "max_outstanding": outstanding})  # fmt: skip
 
 
 def parse(argv: Sequence[str] | None, description: str) -> tuple[Options, list[str], list[int]]:
     """The harness flags plus `--protocols` and `--sizes`."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--protocols", default="modbus,opcua")
-    p.add_argument("--sizes", default=None)
-    own, rest = p.parse_known_args(argv)
+    own, rest = _own_flags().parse_known_args(argv)
     from bench.harness import parse_args  # noqa: PLC0415
 
     opts = parse_args(description, rest, default_repeats=(1, 3))
@@ -172,9 +191,18 @@ def parse(argv: Sequence[str] | None, description: str) -> tuple[Options, list[s
     return opts, protocols, sizes
 
 
+def _own_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--protocols", default="modbus,opcua")
+    p.add_argument("--sizes", default=None)
+    p.add_argument("--modbus-server", choices=MODBUS_SERVERS, default="lean")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     opts, protocols, sizes = parse(argv, __doc__.splitlines()[0] if __doc__ else NAME)
-    run(opts, [p for p in protocols if p in ("modbus", "opcua")], sizes)  # type: ignore[misc]
+    server = _own_flags().parse_known_args(argv)[0].modbus_server
+    run(opts, [p for p in protocols if p in ("modbus", "opcua")], sizes, server)  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ def _number_strings(v: npt.NDArray[np.float64], ndigits: int) -> list[str]:
         y = v * scale
         r = np.rint(y)
         a = np.abs(y)
-        odd = ~(a < _EXACT) | (np.abs(np.abs(y - r) - 0.5) <= a * _ERR)
+        # A product that is already an integer (a counter, a stamp) is within half an ulp of
+        # r, never near a tie, however large: only the others are checked against the margin.
+        odd = ~(a < _EXACT) | ((y != r) & (np.abs(np.abs(y - r) - 0.5) <= a * _ERR))
     out = list(map(float.__repr__, (r / scale).tolist()))
     if odd.any():  # also every NaN and infinity
         finite = np.isfinite(v)

@@ -196,6 +196,18 @@ def test_number_strings_match_round(xs: list[float], ndigits: int) -> None:
     assert runs == [w for w in want for _ in range(5)]
 
 
+@given(st.lists(st.one_of(st.integers(-(2**53), 2**53), st.integers(0, 2**32 - 1),
+                          st.floats(2.0**40, 2.0**52).map(lambda f: f + 0.5)),
+                min_size=1, max_size=50),
+       st.sampled_from([3, 6]))  # fmt: skip
+def test_number_strings_of_large_integers_and_halves(xs: list[float], ndigits: int) -> None:
+    """Counters and stamps (large integers, which skip the tie check) and large halves (which
+    keep it) are still written as `json.dumps(round(x, ndigits))`."""
+    v = np.array(xs, dtype=np.float64)
+    want = [json.dumps(round(float(x), ndigits)) for x in v.tolist()]
+    assert number_strings(v, ndigits) == want
+
+
 def test_encoded_batches_validate_against_the_schema() -> None:
     """Batches from the array encoder pass the deltas schema (text tags included)."""
     rng = np.random.default_rng(7)

@@ -278,7 +278,7 @@ class ModbusDriver:
         if link.max_outstanding == 1:
             parts = [await self._read_one_arrays(link, p) for p in todo]
         else:
-            parts = list(await asyncio.gather(*(self._read_one_arrays(link, p) for p in todo)))
+            parts = await self._read_windows(link, todo)
         attempted = answered = 0
         for _, outcome in parts:
             attempted += outcome != "skipped"
@@ -300,7 +300,53 @@ class ModbusDriver:
             return self._as_arrays(bad_samples(p.names, exc.reason)), "answered"
         except LinkLostError as exc:
             raise self._lost(str(exc)) from exc
-        now = time.time()
+        return self._answered_arrays(p, unit, data, time.time()), "answered"
+
+    async def _read_windows(
+        self, link: Link, todo: list[_Planned]
+    ) -> list[tuple[SampleArrays, str]]:
+        """`_read_one_arrays` for every request of `todo`, `max_outstanding` at a time, each
+        window sent in one write (`Link.request_many`). A unit that times out in a window is
+        backed off once and skipped in the windows after it, as in the one-by-one read."""
+        out: list[tuple[SampleArrays, str]] = []
+        step = link.max_outstanding
+        i = 0
+        while i < len(todo):
+            now_m = time.monotonic()
+            window: list[_Planned] = []
+            while i < len(todo) and len(window) < step:
+                p = todo[i]
+                i += 1
+                if self._units[p.request.unit].down_until > now_m:
+                    out.append((empty_arrays(), "skipped"))
+                else:
+                    window.append(p)
+            if not window:
+                continue
+            try:
+                got = await link.request_many(
+                    [(p.request.unit, p.pdu) for p in window], self.timeout_s
+                )
+            except LinkLostError as exc:
+                raise self._lost(str(exc)) from exc
+            now = time.time()
+            timed_out: set[int] = set()
+            for p, r in zip(window, got, strict=True):
+                uid = p.request.unit
+                if isinstance(r, bytes):
+                    out.append((self._answered_arrays(p, self._units[uid], r, now), "answered"))
+                elif isinstance(r, FrameError):
+                    out.append((self._as_arrays(bad_samples(p.names, r.reason)), "answered"))
+                elif uid in timed_out:  # the unit's first timeout already marked all its tags
+                    out.append((self._as_arrays(bad_samples(p.names, "timeout")), "timeout"))
+                else:
+                    timed_out.add(uid)
+                    samples = self._unit_timeout(uid, self._units[uid], p)
+                    out.append((self._as_arrays(samples), "timeout"))
+        return out
+
+    def _answered_arrays(self, p: _Planned, unit: _Unit, data: bytes, now: float) -> SampleArrays:
+        """The columns of one answered request (`now`: when the answer arrived)."""
         if unit.down_since is not None:
             self._log.info(
                 "modbus unit available again",
@@ -328,7 +374,7 @@ class ModbusDriver:
                 reason[k] = "nan"
             quality[~finite] = Quality.BAD
         stamp = np.full(n, now)
-        return SampleArrays(p.positions, values, quality, stamp, stamp, reason, text), "answered"
+        return SampleArrays(p.positions, values, quality, stamp, stamp, reason, text)
 
     def _as_arrays(self, samples: list[Sample]) -> SampleArrays:
         """Samples of the rare paths (timeouts, malformed frames) as columns."""

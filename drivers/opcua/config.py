@@ -22,15 +22,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from drivers.config import NAME_PATTERN, Strict, TagBase
-from drivers.opcua.driver import OpcUaDriver
-from drivers.opcua.security import Security
-from drivers.opcua.tags import DEFAULT_GROUP, OpcUaGroup, OpcUaTag
-from drivers.opcua.write import WRITABLE_TYPES
+from drivers.opcua.tags import DEFAULT_GROUP, WRITABLE_TYPE_NAMES, OpcUaGroup, OpcUaTag
+
+if TYPE_CHECKING:  # asyncua (~50 MB) is imported only when an OPC UA driver is built
+    from drivers.opcua.driver import OpcUaDriver
+    from drivers.opcua.security import Security
 
 PolicyName = Literal[
     "auto", "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"
@@ -109,10 +110,10 @@ class OpcUaDriverConfig(Strict):
             if g.mode == "poll" and g.poll_interval_ms is None:
                 out.append(f"{at}.poll_interval_ms: required with mode = 'poll'")
         for j, t in enumerate(self.tags):
-            if t.data_type is not None and t.data_type not in WRITABLE_TYPES:
+            if t.data_type is not None and t.data_type not in WRITABLE_TYPE_NAMES:
                 out.append(
                     f"{where}.tags[{j}].data_type: {t.data_type!r} is not a type that can be "
-                    f"written; use one of {', '.join(WRITABLE_TYPES)} or remove the key"
+                    f"written; use one of {', '.join(WRITABLE_TYPE_NAMES)} or remove the key"
                 )
             if t.data_type is not None and not t.writable:
                 out.append(f"{where}.tags[{j}].data_type: only for writable = true tags")
@@ -145,6 +146,8 @@ class OpcUaDriverConfig(Strict):
 
     def security(self, state_dir: Path | None) -> Security:
         """The security settings with the PKI folder resolved against `state_dir`."""
+        from drivers.opcua.security import Security  # noqa: PLC0415  # lazy: asyncua
+
         base = state_dir if state_dir is not None else Path("state")
         pki = base / "pki" if self.pki_dir is None else base / Path(self.pki_dir).expanduser()
         mode = self.security_mode
@@ -160,6 +163,8 @@ class OpcUaDriverConfig(Strict):
 
     def build(self, state_dir: Path | None = None) -> OpcUaDriver:
         """The driver for this entry (the password read from its environment variable)."""
+        from drivers.opcua.driver import OpcUaDriver  # noqa: PLC0415  # lazy: asyncua
+
         groups = [
             OpcUaGroup(
                 g.name,

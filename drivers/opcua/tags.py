@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from drivers.base import ConfigError, Quality, Sample, checked_sample
-from drivers.opcua import subscription as subs
-from drivers.opcua.fastdecode import Item
+
+if TYPE_CHECKING:
+    from drivers.opcua.fastdecode import Item
 
 DEFAULT_GROUP = "default"
+WRITABLE_TYPE_NAMES: tuple[str, ...] = (
+    "Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+    "Float", "Double", "String",
+)  # fmt: skip
+"""The OPC UA built-in types a value can be written as (what a tag's `data_type` takes); plain
+names here so that checking a config needs no asyncua (`drivers.opcua.write` maps them)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ def item_sample(tag: str, item: Item, now: float) -> Sample:
     ts = src if src is not None else (srv if srv is not None else now)
     severity = code >> 30
     if severity >= 2:
-        return Sample(tag, math.nan, Quality.BAD, ts, now, subs.status_reason(code))
+        from drivers.opcua.subscription import status_reason  # noqa: PLC0415  # rare path
+
+        return Sample(tag, math.nan, Quality.BAD, ts, now, status_reason(code))
     if isinstance(value, list):
         value = None  # arrays are not scalar tags
     s = checked_sample(tag, value, ts, now)

@@ -33,6 +33,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from drivers.base import WriteRefusedError, WriteResult
 from drivers.opcua.subscription import status_name
+from drivers.opcua.tags import WRITABLE_TYPE_NAMES
 
 __all__ = ["WriteRefusedError", "WriteResult", "to_variant", "variant_type", "write_node"]
 
@@ -47,9 +48,7 @@ _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     _VT.Int64: (-(2**63), 2**63 - 1),
     _VT.UInt64: (0, 2**64 - 1),
 }
-WRITABLE_TYPES: dict[str, ua.VariantType] = {
-    vt.name: vt for vt in (_VT.Boolean, *_INT_RANGES, _VT.Float, _VT.Double, _VT.String)
-}
+WRITABLE_TYPES: dict[str, ua.VariantType] = {n: ua.VariantType[n] for n in WRITABLE_TYPE_NAMES}
 """The built-in types a value can be written as, by name (what `data_type` in config takes)."""
 
 # Namespace-0 DataType ids: the built-in types are 1..12 (Boolean .. String, the same numbers

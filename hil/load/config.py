@@ -53,8 +53,11 @@ def agent_config(
     state_dir: str = "state",
     heartbeat_s: float = 10.0,
     agent_id: str = AGENT_ID,
+    max_outstanding: int = 1,
 ) -> str:
-    """The TOML text; `endpoints[k]` is worker k's (`host:port` or `opc.tcp://...`)."""
+    """The TOML text; `endpoints[k]` is worker k's (`host:port` or `opc.tcp://...`).
+    `max_outstanding` > 1 lets each Modbus driver keep that many reads in flight (the rig's
+    lean server answers pipelined requests; pymodbus' server does not)."""
     slices = part_slices(n_tags, len(endpoints))
     out = [
         f"# Load rig: {n_tags} {protocol} tags in {len(endpoints)} server process(es);",
@@ -96,6 +99,7 @@ def agent_config(
                 "timeout_s = 1.0",
                 "max_registers = 125",
                 "max_gap = 10",
+                f"max_outstanding = {max_outstanding}",
             ]
         else:
             out += [f'endpoint = "{endpoint}"', "publishing_interval_ms = 100", "timeout_s = 5.0"]

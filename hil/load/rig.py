@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from hil.load.layout import part_slices
+from hil.load.modbus_server import ModbusServerKind
 
 Protocol = Literal["modbus", "opcua"]
 READY_TIMEOUT_S = 120.0
@@ -46,7 +47,8 @@ class WorkerState:
 
 
 class LoadRig:
-    """`tags` tags of `protocol` served by `processes` worker processes at `hz`."""
+    """`tags` tags of `protocol` served by `processes` worker processes at `hz` (Modbus by
+    `modbus_server`: see `hil.load.servers.ModbusLoadServer`)."""
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class LoadRig:
         hz: float = 10.0,
         host: str = "127.0.0.1",
         seed: int = 0,
+        modbus_server: ModbusServerKind = "lean",
     ) -> None:
         part_slices(tags, processes)  # raises ValueError for an impossible split
         self.tags = tags
@@ -65,6 +68,7 @@ class LoadRig:
         self.hz = hz
         self.host = host
         self.seed = seed
+        self.modbus_server = modbus_server
         self.workers: list[WorkerState] = []
         self._lock = threading.Lock()
 
@@ -84,6 +88,7 @@ class LoadRig:
                     sys.executable, "-m", "hil.load.worker", "--protocol", self.protocol,
                     "--tags", str(self.tags), "--part", str(part), "--parts", str(self.processes),
                     "--host", self.host, "--hz", str(self.hz), "--seed", str(self.seed),
+                    "--modbus-server", self.modbus_server,
                 ]  # fmt: skip
                 proc = subprocess.Popen(
                     cmd,

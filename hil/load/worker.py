@@ -1,6 +1,7 @@
 """One load-rig process: a slice of the plant instances behind one server, ticking at `hz`.
 
     python -m hil.load.worker --protocol modbus --tags 10000 --part 0 --parts 2
+                              [--modbus-server lean|pymodbus]
 
 Owns the tick loop of one process: each tick advances the plants by one tick of simulated
 time (real time), samples them, takes the wall clock and writes the matrix to the server with
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 
 from hil.load.bank import PlantBank
 from hil.load.layout import part_slices, tags_of_instance
+from hil.load.modbus_server import MODBUS_SERVERS
 from hil.load.servers import LoadServer, ModbusLoadServer, OpcUaLoadServer
 
 STATS_EVERY_S = 1.0
@@ -65,7 +67,9 @@ class Worker:
         self.period = 1.0 / args.hz
         self.server: LoadServer
         if args.protocol == "modbus":
-            self.server = ModbusLoadServer(len(instances), args.host, args.port)
+            self.server = ModbusLoadServer(
+                len(instances), args.host, args.port, server=args.modbus_server
+            )
         else:
             self.server = OpcUaLoadServer(self.tags, instances.start, args.host, args.port)
         self.instances = instances
@@ -170,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--hz", type=float, default=10.0, help="ticks per second")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--modbus-server",
+        choices=MODBUS_SERVERS,
+        default="lean",
+        help="lean: pipelined reads, a few us per request; pymodbus: the library's server",
+    )
     return p
 
 
