@@ -1,18 +1,20 @@
 """Benchmark: the sensor-window (SKAB) detector's latency per window against NumPy.
 
 The contender is `SensorDetector` (onnxruntime, one intra-op thread, the session created once)
-with the default `SensorConfig`, trained on a synthetic recording laid out like SKAB (8 signals
+with the default `SensorConfig` (and, for comparison in the same run, the same detector with
+the other `distance`), trained on a synthetic recording laid out like SKAB (8 signals
 at 1 Hz, 2,000 rows of noisy normal operation with drift; no benchmark data needed). The
-baseline computes the same features and Mahalanobis distance in float64 NumPy from the file's
-parameters (`models.anomaly.sensor_train.reference_scores`), vectorised over windows. Both are
-checked to agree before timing. Target: at most 20 us for one window (the agent's per-tick
-call).
+baseline computes the same features and distance (the file's `distance`) in float64 NumPy
+from the file's parameters (`models.anomaly.sensor_train.reference_scores`), vectorised over
+windows. Both are checked to agree before timing. Target: at most 20 us for one window (the
+agent's per-tick call).
 
     uv run python -m bench.detector_skab [--quick] [--results-dir DIR] [--repeats N]
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -78,7 +80,7 @@ def trained(config: SensorConfig) -> SensorDetector:
 
 
 class NumpyScorer:
-    """Float64 features and Mahalanobis distance of windows `(n, W, C)` in NumPy."""
+    """Float64 features and the detector's distance of windows `(n, W, C)` in NumPy."""
 
     def __init__(self, detector: SensorDetector) -> None:
         p = detector.params
@@ -99,6 +101,8 @@ class NumpyScorer:
 def run(opts: Options) -> None:
     config = SensorConfig()
     detector = trained(config)
+    other = "max" if config.distance == "mahalanobis" else "mahalanobis"
+    summed = trained(dataclasses.replace(config, distance=other))
     scorer = NumpyScorer(detector)
     _, values = recording(600, seed=7)
     windows = windows_of(values, detector.window)
@@ -113,6 +117,7 @@ def run(opts: Options) -> None:
     cases: dict[str, tuple[Callable[[], object], float]] = {
         "numpy": (lambda: scorer.score(single64), 1),
         "onnx score": (lambda: detector.score(single), 1),
+        f"onnx score ({other})": (lambda: summed.score(single), 1),
     }
     times = interleaved(cases, opts.repeats, opts.run_s)
     rows = [
@@ -155,7 +160,11 @@ def run(opts: Options) -> None:
         rows,
         targets=targets,
         notes=notes,
-        config={"window": detector.window, "features": list(detector.params.features)},
+        config={
+            "window": detector.window,
+            "features": list(detector.params.features),
+            "distance": detector.params.distance,
+        },
     )
 
 

@@ -296,11 +296,35 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[max(0, round(q * 10) - 1)]
 
 
-def agent_contender(config: Path, name: str = "agent") -> Contender:
-    """The agent as users run it: `edge-agent run --config FILE` (a shared numba cache); its
-    log (warnings and errors) goes to `<config>.log`."""
+PROD_ENV = ROOT / "state" / "bench-prod-env"
+
+
+def production_python() -> str:
+    """The interpreter of an environment with the agent's runtime dependencies only (`uv sync
+    --no-dev` into `state/bench-prod-env`, made once): what a gateway installs. The development
+    environment also holds scikit-learn and scipy, and numba imports scipy when it is there
+    (17 MB of memory a gateway does not have). Falls back to this interpreter, with a note."""
+    python = PROD_ENV / "bin" / "python"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(PROD_ENV)}
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        subprocess.run(
+            ["uv", "sync", "--frozen", "--no-dev", "--quiet"],
+            cwd=ROOT, env=env, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"note: no runtime-only environment ({exc}); the agent runs in this one")
+        return sys.executable
+    return str(python)
+
+
+def agent_contender(config: Path, name: str = "agent", python: str | None = None) -> Contender:
+    """The agent as users run it: `edge-agent run --config FILE` (a shared numba cache), with
+    `python` (default: `production_python()`); its log (warnings and errors) goes to
+    `<config>.log`."""
     log = config.with_suffix(".log")
     cache = ROOT / "state"
+    exe = production_python() if python is None else python
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(cache / "numba-cache"))
     env.setdefault("EDGE_AGENT_MODEL_CACHE", str(cache / "models"))
@@ -308,7 +332,7 @@ def agent_contender(config: Path, name: str = "agent") -> Contender:
     def start() -> subprocess.Popen[str]:
         with log.open("w") as err:
             return subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "--log-level", "warning", "run",
+                [exe, "-m", "edge_agent.cli", "--log-level", "warning", "run",
                  "--config", str(config)],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err, text=True,
             )  # fmt: skip

@@ -92,11 +92,15 @@ def run_selection(root: Path, results_dir: Path) -> int:
         f"{selection.FAR_LIMIT} %"
     )
     ranked = sorted(sel.rows, key=lambda r: -selection.objective(r[1]))
-    print("window | calibration | target_far | raise_s | clear_s | " + " | ".join(KEYS) + " | obj")
+    print(
+        "distance | window | calibration | target_far | raise_s | clear_s | "
+        + " | ".join(KEYS)
+        + " | obj"
+    )
     for config, m in ranked[:10]:
         cells = [m.get(k) for k in KEYS]
         print(
-            f"{config.window} | {config.calibration} | {config.target_far} | "
+            f"{config.distance} | {config.window} | {config.calibration} | {config.target_far} | "
             f"{config.raise_after_s} | {config.clear_after_s} | "
             + " | ".join(map(_cell, cells))
             + f" | {selection.objective(m):.4f}"

@@ -147,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         data=Path(args.data) if args.data else None,
         window=args.window,
+        segment_min=args.segment_min,
     )
 
 
@@ -193,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="CSV recording of normal operation instead")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--window", type=int, default=50, help="window length in ticks")
+    t.add_argument(
+        "--segment-min",
+        type=float,
+        default=60.0,
+        metavar="MINUTES",
+        help="cut the run into segments of at least MINUTES, each starting with a model "
+        "re-synchronisation as the live agent does after an outage (default 60). Keep them "
+        "long against the plant model's slowest time constant (the demo motor's is ~46 min), "
+        "or the detector learns the settling after a re-synchronisation as normal",
+    )
     t.add_argument("--state-dir", default="state", help="where caches are kept")
     t.set_defaults(func=cmd_train)
     for module in EXTRA_COMMANDS:

@@ -26,7 +26,7 @@ longer than the detector's `max_gap_s`; a missing score neither raises nor clear
 
 Alarm events are `kind = "anomaly"` on `detector.tag` (default: the input contributing most when
 raised; the clear names the same tag), `contributors` the top three inputs with their share of
-the score (`SensorDetector.contributions` split of score^2, divided by the score).
+the score (`SensorDetector.contributions`: each input's part of score^2, divided by the score).
 
 Also here, for a config without `[model]` (allowed only with a sensor detector: the raw signals
 need no process model): `NullModel` (no inputs, no outputs) and `NullComparator` (nothing to

@@ -12,17 +12,29 @@ the sensor-window detector instead (`models.anomaly.benchmark.train_from_file`, 
 `edge-agent evaluate` uses, with the documented default configuration): on a labelled file its
 training part (the first 400 rows), on an unlabelled one every row. It never overwrites the
 shipped rig detector: `--out` is required for it.
+
+Segments: the live agent re-synchronises its model at start and after every outage, so the
+training run is cut into segments that each start with a re-synchronisation (`--segment-min`,
+default 60 minutes). A segment must be long against the slowest time constant of the plant
+model, or most of what the detector sees is the settling after a re-synchronisation: the demo
+loop's motor heats with a time constant of about 46 minutes (its observer's is 5 minutes), and
+after a re-synchronisation the `motor_temp` residual's mean takes about 20 minutes to settle.
+Trained on 5-minute segments, the detector learned that early transient as normal (a thin
+false-alarm margin on `motor_temp` in long runs) and `fluid_temp`'s threshold came out four
+times too wide (a drifting sensor took 10 s instead of 4 s to raise an alarm).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from edge_agent.agent import build_model
@@ -36,6 +48,7 @@ from models.base import F64
 log = structlog.get_logger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+DEFAULT_SEGMENT_MIN = 60.0
 
 
 def read_recording(path: Path) -> tuple[F64, dict[str, F64]]:
@@ -150,12 +163,18 @@ def train_main(
     data: Path | None,
     window: int,
     config: Path = DEMO_CONFIG,
-    segment_s: float = 300.0,
+    segment_min: float = DEFAULT_SEGMENT_MIN,
     margin: float = 2.0,
 ) -> int:
     """Produce the detector file `out`; returns the exit code."""
     if data is not None and looks_like_skab(data):
         return train_sensor_main(out=out, data=data, seed=seed)
+    if not (math.isfinite(segment_min) and segment_min > 0):
+        print(f"error: --segment-min {segment_min:g}: give a positive number", file=sys.stderr)
+        return 2
+    if data is None and segment_min > minutes:
+        print(f"error: {_too_long(segment_min, minutes, 'raise --minutes')}", file=sys.stderr)
+        return 2
     cfg = load_config(config)
     if data is not None:
         ts, cols = read_recording(data)
@@ -164,12 +183,17 @@ def train_main(
         log.info("simulating normal operation", minutes=minutes, seed=seed)
         ts, cols = simulate(minutes * 60.0, rate_hz=cfg.agent.tick_hz, seed=seed)
         source = f"hil.plant.simulate(minutes={minutes:g}, seed={seed})"
+    try:
+        bounds = segments(ts, segment_min * 60.0)
+    except ValueError as exc:
+        print(f"error: {source}: {exc}", file=sys.stderr)
+        return 2
     # The live agent re-synchronises its model at start and after every outage, and scores
     # from one window after that; train on the same: segments each starting with a reset,
     # their first window dropped, so the settling after a reset is normal to the detector.
-    n_seg = max(1, round((ts[-1] - ts[0]) / segment_s))
+    log.info("segments", count=len(bounds), minutes=round(segment_min, 3))
     parts = []
-    for idx in np.array_split(np.arange(len(ts)), n_seg):
+    for idx in bounds:
         seg = {k: v[idx] for k, v in cols.items()}
         res, names = residuals_from(cfg, config, ts[idx], seg)
         parts.append(res[window:])
@@ -179,3 +203,24 @@ def train_main(
     _write(out, blob)
     print(f"wrote {out} ({len(blob)} bytes) from {source}")
     return 0
+
+
+def segments(ts: F64, segment_s: float) -> list[npt.NDArray[np.intp]]:
+    """Row indices of `ts` cut into as many equal segments as fit, each at least `segment_s`
+    long; ValueError when the run is shorter than one segment."""
+    if len(ts) < 2:
+        raise ValueError(f"{len(ts)} rows: a recording needs at least two")
+    step = float(np.median(np.diff(ts)))
+    span = float(ts[-1] - ts[0]) + step  # n rows cover n sample periods
+    if segment_s > span * (1 + 1e-9):
+        raise ValueError(_too_long(segment_s / 60.0, span / 60.0, "record longer"))
+    count = max(1, math.floor(span / segment_s * (1 + 1e-9)))
+    return np.array_split(np.arange(len(ts)), count)
+
+
+def _too_long(segment_min: float, run_min: float, fix: str) -> str:
+    return (
+        f"--segment-min {segment_min:g} is longer than the run ({run_min:.4g} minutes); {fix}, "
+        "or shorten the segments (they should stay long against the plant's slowest time "
+        "constant, see `edge-agent train --help`)"
+    )

@@ -55,6 +55,35 @@ def test_tiny_model_scores_by_hand(tiny: SensorParams, tmp_path: Path) -> None:
     assert share[0] == pytest.approx(1.0, rel=1e-5) and share[1] == pytest.approx(0.25, rel=1e-5)
 
 
+def test_max_distance_scores_by_hand(tiny: SensorParams, tmp_path: Path) -> None:
+    """distance "max": the largest standardised deviation; flow (z=2) decides the score
+    sqrt(4/4) = 1 alone, temp (z=1) contributes its own 1/4."""
+    params = dataclasses.replace(tiny, distance="max")
+    det = SensorDetector.load(write(tmp_path, build_sensor_model(params)), NAMES)
+    assert det.params.distance == "max" and det.metadata["distance"] == "max"
+    window = np.column_stack([np.full(4, 14.0), 20.0 + 0.5 * np.arange(4)])
+    assert det.score(window) == pytest.approx(1.0, rel=1e-5)
+    share = det.contributions(window[None])[0]
+    assert share[0] == pytest.approx(1.0, rel=1e-5) and share[1] == pytest.approx(0.25, rel=1e-5)
+    # The same window under the summed (Mahalanobis) distance scores higher: sqrt(5/4).
+    summed = SensorDetector.load(write(tmp_path, build_sensor_model(tiny), "s.onnx"), NAMES)
+    assert summed.score(window) > det.score(window)
+
+
+def test_distance_key_old_files_and_unknown_values(tiny: SensorParams, tmp_path: Path) -> None:
+    """A file written before the distance key existed reads as Mahalanobis; an unknown
+    distance is refused, naming the file and the known ones."""
+    model = onnx.load_from_string(build_sensor_model(tiny))
+    keep = [p for p in model.metadata_props if p.key != "distance"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    old = SensorDetector.load(write(tmp_path, model.SerializeToString(), "old.onnx"), NAMES)
+    assert old.params.distance == "mahalanobis"
+    meta = {**tiny.to_metadata(), "distance": "euclid"}
+    with pytest.raises(ModelError, match=r"c\.onnx: distance is 'euclid'.*'max'"):
+        SensorParams.from_metadata(meta, "c.onnx")
+
+
 def test_wrong_inputs_are_refused_and_old_detector_keeps_running(
     tiny: SensorParams, tmp_path: Path
 ) -> None:

@@ -10,7 +10,9 @@ unlabelled recordings (`anomaly-free.csv`) and the labelled files' training part
    both folds hold the warm-up and the settled stretches; the labelled files' training parts
    (forward-chained 200/200, as the drift model uses them) alternate by file likewise.
 2. Per fold, add faults (`models.anomaly.faults`: the rig's fault kinds, magnitudes from the
-   block's own noise) to the fold's blocks, `DRAWS` faults per block.
+   block's own noise) to the fold's blocks, `DRAWS` faults per block (18: with 6, the
+   objective of one candidate moved by 0.03-0.05 between fault seeds, as much as the
+   differences between candidates).
 3. Per candidate configuration and fold: fit the drift model and threshold on the *other*
    fold's normal data, exactly as `models.anomaly.benchmark` does on the full data, score the
    faulted blocks (per-block normalisation on their first 400 rows), alarm with
@@ -37,6 +39,7 @@ import numpy as np
 from models.anomaly import metrics
 from models.anomaly.alarm import alarm_series
 from models.anomaly.faults import Labelled, synthetic_set
+from models.anomaly.sensor import DISTANCES
 from models.anomaly.sensor_train import (
     Segment,
     SensorConfig,
@@ -46,7 +49,7 @@ from models.anomaly.sensor_train import (
 )
 from models.anomaly.skab import TRAIN_ROWS, SkabFile, discover
 
-DRAWS = 6
+DRAWS = 18
 FAR_LIMIT = 10.0
 WINDOWS = (10, 20, 30)
 TARGETS = (0.03, 0.05, 0.07, 0.10, 0.13, 0.16)
@@ -54,22 +57,25 @@ ALARMS = ((0.0, 2.0), (0.0, 5.0), (3.0, 5.0))  # (raise_after_s, clear_after_s)
 
 
 def candidates() -> Iterator[SensorConfig]:
-    """The grid: window x calibration x target alarmed share x raise/clear delays; clear
-    level 0.7, temperature slopes, everything else the `SensorConfig` fields' own values."""
+    """The grid: distance x window x calibration x target alarmed share x raise/clear
+    delays; clear level 0.7, temperature slopes, everything else the `SensorConfig` fields'
+    own values."""
     base = SensorConfig()
-    for window in WINDOWS:
-        for calibration in ("in-sample", "held-out"):
-            for target in TARGETS:
-                for raise_s, clear_s in ALARMS:
-                    yield dataclasses.replace(
-                        base,
-                        window=window,
-                        calibration=calibration,
-                        target_far=target,
-                        raise_after_s=raise_s,
-                        clear_after_s=clear_s,
-                        clear_level=0.7,
-                    )
+    for distance in DISTANCES:
+        for window in WINDOWS:
+            for calibration in ("in-sample", "held-out"):
+                for target in TARGETS:
+                    for raise_s, clear_s in ALARMS:
+                        yield dataclasses.replace(
+                            base,
+                            distance=distance,
+                            window=window,
+                            calibration=calibration,
+                            target_far=target,
+                            raise_after_s=raise_s,
+                            clear_after_s=clear_s,
+                            clear_level=0.7,
+                        )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,17 @@ row, of chosen inputs), normalises them with the training part's centre and scal
 
     score = sqrt((z - location)^T P (z - location) / d2_threshold),  z = (f - centre) / scale
 
-with P the precision matrix of normal drift (see `models.anomaly.sensor_train`). 1.0 is the
-threshold; `contributions` splits score^2 over the features (their sum is score^2), which names
-the signals that contributed most. Alarm settings (levels and durations for
-`models.anomaly.alarm`) travel in the file, so every user of it alarms alike.
+with P the precision matrix of normal drift (see `models.anomaly.sensor_train`), for
+`distance = "mahalanobis"`; for `distance = "max"` the largest standardised deviation instead,
+
+    score = max_k |z_k - location_k| / (sd_k * sqrt(d2_threshold)),  sd = sqrt(diag(P^-1)),
+
+which a change in one signal reaches sooner than a distance summed over all of them. 1.0 is
+the threshold; `contributions` gives each feature's part of score^2 (Mahalanobis: their sum is
+score^2; max: each feature's own squared term, the largest is score^2), which names the signals
+that contributed most. A file without the `distance` key (older files) is "mahalanobis". Alarm
+settings (levels and durations for `models.anomaly.alarm`) travel in the file, so every user of
+it alarms alike.
 
 This module owns the metadata (`SensorParams`, its checks) and the onnxruntime session (one
 intra-op thread, created once at load). It imports neither `onnx` nor scikit-learn. Loading
@@ -40,6 +47,7 @@ INPUT = "window"
 SCORE = "score"
 CONTRIBUTIONS = "contributions"
 STATS: tuple[str, ...] = ("mean", "slope")
+DISTANCES: tuple[str, ...] = ("mahalanobis", "max")
 
 SENSOR_KEYS: tuple[str, ...] = (
     "detector_kind",
@@ -69,7 +77,8 @@ _PROVENANCE = ("training_sha256", "created", "seed", "version", "config")
 class SensorParams:
     """Everything a sensor detector file states. `features` are `"stat:input"` strings
     (stat in `STATS`); `centre`, `scale`, `location` `(K,)` and `precision` `(K, K)` are in
-    feature order; `provenance` holds fingerprint, seed, creation time, version, config."""
+    feature order; `provenance` holds fingerprint, seed, creation time, version, config;
+    `distance` is one of `DISTANCES` (see the module docstring)."""
 
     input_names: tuple[str, ...]
     window: int
@@ -82,6 +91,13 @@ class SensorParams:
     alarm: AlarmSettings = field(default_factory=AlarmSettings)
     max_gap_s: float = 10.0
     provenance: Mapping[str, str] = field(default_factory=dict)
+    distance: str = "mahalanobis"
+
+    def spread(self) -> F64:
+        """Standard deviation `(K,)` of each normalised feature in normal drift (the
+        diagonal of the inverse precision), what `distance = "max"` divides by."""
+        out: F64 = np.sqrt(np.maximum(np.diag(np.linalg.inv(self.precision)), 1e-12))
+        return out
 
     def feature_index(self) -> list[tuple[int, int]]:
         """`(stat index, input index)` per feature."""
@@ -109,6 +125,7 @@ class SensorParams:
             "raise_after_s": repr(float(self.alarm.raise_after_s)),
             "clear_after_s": repr(float(self.alarm.clear_after_s)),
             "max_gap_s": repr(float(self.max_gap_s)),
+            "distance": self.distance,
         }
         for key, value in self.provenance.items():
             meta.setdefault(key, value)
@@ -165,6 +182,11 @@ class SensorParams:
             )
         except ValueError as exc:
             raise ModelError(f"{source}: alarm settings: {exc}") from exc
+        distance = meta.get("distance", DISTANCES[0])
+        if distance not in DISTANCES:
+            raise ModelError(
+                f"{source}: distance is {distance!r}, this runtime knows {list(DISTANCES)}"
+            )
         k = len(features)
         params = cls(
             input_names=tuple(names),
@@ -177,6 +199,7 @@ class SensorParams:
             d2_threshold=numbers["d2_threshold"],
             alarm=alarm,
             max_gap_s=numbers["max_gap_s"],
+            distance=distance,
             provenance={
                 key: v for key, v in meta.items() if key in _PROVENANCE or key.startswith("x_")
             },

@@ -7,8 +7,13 @@ evaluates the quadratic form with the threshold folded into the precision matrix
 
     z = (f - centre) / scale - location,  c = z * (z @ P / d2_threshold),  score = sqrt(sum c)
 
-Thirteen nodes, no loops or trees, so one window costs a few microseconds. This module imports
-`onnx` (an engineering-station dependency); the runtime lives in `models.anomaly.sensor`.
+or, for `distance = "max"`, with the spread and the threshold folded into one weight vector,
+
+    a = z / (sd * sqrt(d2_threshold)),  c = a * a,  score = sqrt(max c)
+
+Twelve or thirteen nodes, no loops or trees, so one window costs a few microseconds. This
+module imports `onnx` (an engineering-station dependency); the runtime lives in
+`models.anomaly.sensor`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def build_sensor_model(params: SensorParams) -> bytes:
     # Flattened (stat, input) index of each feature in the concatenated [means, slopes].
     gather = np.array([s * n_in + i for s, i in params.feature_index()], dtype=np.int64)
     precision = 0.5 * (params.precision + params.precision.T) / params.d2_threshold
+    weight = 1.0 / (params.spread() * np.sqrt(params.d2_threshold))
     initializers = [
         _const("slope_weights", slope_weights(window).reshape(1, window)),
         numpy_helper.from_array(np.array([-1, 2 * n_in], dtype=np.int64), "flat_shape"),
@@ -42,9 +48,14 @@ def build_sensor_model(params: SensorParams) -> bytes:
         _const("centre", params.centre.reshape(1, k)),
         _const("inv_scale", (1.0 / params.scale).reshape(1, k)),
         _const("location", params.location.reshape(1, k)),
-        _const("precision", precision),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"),
     ]
+    if params.distance == "max":
+        initializers.append(_const("weight", weight.reshape(1, k)))
+    else:
+        initializers += [
+            _const("precision", precision),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"),
+        ]
     node = helper.make_node
     nodes = [
         node("ReduceMean", [INPUT], ["mean"], axes=[1], keepdims=1, name="window_mean"),
@@ -55,12 +66,22 @@ def build_sensor_model(params: SensorParams) -> bytes:
         node("Sub", ["features", "centre"], ["offset"], name="centre_features"),
         node("Mul", ["offset", "inv_scale"], ["scaled"], name="scale_features"),
         node("Sub", ["scaled", "location"], ["z"], name="from_location"),
-        node("MatMul", ["z", "precision"], ["pz"], name="precision_product"),
-        node("Mul", ["z", "pz"], [CONTRIBUTIONS], name="contributions"),
-        node("ReduceSum", [CONTRIBUTIONS, "feature_axis"], ["d2"], keepdims=0, name="d2"),
-        node("Relu", ["d2"], ["d2_pos"], name="round_off_floor"),
-        node("Sqrt", ["d2_pos"], [SCORE], name="score"),
     ]
+    if params.distance == "max":
+        nodes += [
+            node("Mul", ["z", "weight"], ["a"], name="standardise"),
+            node("Mul", ["a", "a"], [CONTRIBUTIONS], name="contributions"),
+            node("ReduceMax", [CONTRIBUTIONS], ["d2"], axes=[1], keepdims=0, name="d2"),
+            node("Sqrt", ["d2"], [SCORE], name="score"),
+        ]
+    else:
+        nodes += [
+            node("MatMul", ["z", "precision"], ["pz"], name="precision_product"),
+            node("Mul", ["z", "pz"], [CONTRIBUTIONS], name="contributions"),
+            node("ReduceSum", [CONTRIBUTIONS, "feature_axis"], ["d2"], keepdims=0, name="d2"),
+            node("Relu", ["d2"], ["d2_pos"], name="round_off_floor"),
+            node("Sqrt", ["d2_pos"], [SCORE], name="score"),
+        ]
     graph = helper.make_graph(
         nodes,
         "edge_agent_sensor_detector",
@@ -82,7 +103,9 @@ def build_sensor_model(params: SensorParams) -> bytes:
         producer_name=PRODUCER,
         producer_version=SENSOR_FORMAT,
         model_version=int(SENSOR_FORMAT),
-        doc_string="edge-agent sensor-window detector: Mahalanobis distance of window features",
+        doc_string=(
+            f"edge-agent sensor-window detector: {params.distance} distance of window features"
+        ),
     )
     helper.set_model_props(model, params.to_metadata())
     onnx.checker.check_model(model, full_check=True)

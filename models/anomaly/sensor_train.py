@@ -17,9 +17,10 @@ alternate between two folds), which sets a higher threshold when drift differs b
 recordings. Deterministic (no random step); `seed` is recorded for the record.
 
 The defaults are the configuration `models.anomaly.selection` chose on normal data with
-synthetic faults (window, calibration, target share and alarm delays; never a test part):
-window 20, in-sample calibration to 5 % alarmed normal rows, raise on the first window at or
-above the threshold, clear after 2 s below 0.7 of it.
+synthetic faults (distance, window, calibration, target share and alarm delays; never a test
+part): the "max" distance (the largest standardised deviation of one feature), window 20,
+in-sample calibration to 7 % alarmed normal rows, raise on the first window at or above the
+threshold, clear after 2 s below 0.7 of it.
 
 Features: the window mean of each input, except the inputs in `slope_inputs` (temperatures:
 their level drifts with warm-up, their rate of change does not), which give the least-squares
@@ -43,7 +44,7 @@ import numpy.typing as npt
 
 from models.anomaly.alarm import AlarmSettings, alarm_series
 from models.anomaly.graph import slope_weights
-from models.anomaly.sensor import STATS, SensorDetector, SensorParams
+from models.anomaly.sensor import DISTANCES, STATS, SensorDetector, SensorParams
 from models.anomaly.sensor_graph import build_sensor_model
 from models.base import F64
 
@@ -59,7 +60,7 @@ class SensorConfig:
 
     window: int = 20
     slope_inputs: tuple[str, ...] = ("Temperature", "Thermocouple")
-    target_far: float = 0.05
+    target_far: float = 0.07
     raise_level: float = 1.0
     clear_level: float = 0.7
     raise_after_s: float = 0.0
@@ -67,8 +68,13 @@ class SensorConfig:
     max_gap_s: float = 10.0
     calibration: str = "in-sample"
     seed: int = 0
+    distance: str = "max"
 
     def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(
+                f"distance is {self.distance!r}, expected one of {', '.join(DISTANCES)}"
+            )
         if self.calibration not in CALIBRATIONS:
             raise ValueError(
                 f"calibration is {self.calibration!r}, expected one of {', '.join(CALIBRATIONS)}"
@@ -112,6 +118,7 @@ class DriftModel:
     d2_threshold: float
     fingerprint: str
     rows: int
+    distance: str = DISTANCES[0]
 
 
 def window_features(ts: F64, values: F64, inputs: Sequence[str], config: SensorConfig) -> F64:
@@ -178,9 +185,9 @@ def fit_drift(
     location, covariance = _moments(pooled)
     precision: F64 = np.asarray(np.linalg.inv(covariance), dtype=np.float64)
     if config.calibration == "held-out" and len(zs) >= 2:
-        d2 = _held_out_d2(zs)
+        d2 = _held_out_d2(zs, config.distance)
     else:
-        d2 = [_d2(z, location, precision) for z in zs]
+        d2 = [_d2(z, location, precision, config.distance) for z in zs]
     threshold = calibrate(
         [s.ts[s.fit_rows :] for s in segments], d2, config.alarm, config.target_far
     )
@@ -189,7 +196,13 @@ def fit_drift(
         h.update(np.ascontiguousarray(s.values, dtype="<f8").tobytes())
         h.update(f"\0{s.fit_rows}\0".encode())
     return DriftModel(
-        config.features(inputs), location, covariance, threshold, h.hexdigest(), len(pooled)
+        config.features(inputs),
+        location,
+        covariance,
+        threshold,
+        h.hexdigest(),
+        len(pooled),
+        config.distance,
     )
 
 
@@ -201,7 +214,7 @@ def _moments(pooled: F64) -> tuple[F64, F64]:
     return location, covariance
 
 
-def _held_out_d2(zs: Sequence[F64]) -> list[F64]:
+def _held_out_d2(zs: Sequence[F64], distance: str) -> list[F64]:
     """d^2 of every segment under a drift model fitted without it: two folds by segment
     position (even, odd), each scored by the model of the other."""
     out: list[F64] = [np.empty(0)] * len(zs)
@@ -211,7 +224,7 @@ def _held_out_d2(zs: Sequence[F64]) -> list[F64]:
         location, covariance = _moments(rest)
         precision = np.asarray(np.linalg.inv(covariance), dtype=np.float64)
         for i in range(fold, len(zs), 2):
-            out[i] = _d2(zs[i], location, precision)
+            out[i] = _d2(zs[i], location, precision, distance)
     return out
 
 
@@ -219,12 +232,19 @@ def drift_scores(z: F64, drift: DriftModel) -> F64:
     """Scores (1.0 = threshold) of normalised feature rows `(T, K)` under a drift model: the
     float64 reference of what a detector trained with it returns."""
     precision = np.asarray(np.linalg.inv(drift.covariance), dtype=np.float64)
-    out: F64 = np.sqrt(np.maximum(_d2(z, drift.location, precision), 0.0) / drift.d2_threshold)
+    d2 = _d2(z, drift.location, precision, drift.distance)
+    out: F64 = np.sqrt(np.maximum(d2, 0.0) / drift.d2_threshold)
     return out
 
 
-def _d2(z: F64, location: F64, precision: F64) -> F64:
+def _d2(z: F64, location: F64, precision: F64, distance: str = DISTANCES[0]) -> F64:
+    """Squared distance of rows `(T, K)`: Mahalanobis, or the largest squared standardised
+    deviation (`"max"`, each feature divided by its drift spread)."""
     diff = z - location
+    if distance == "max":
+        spread = np.sqrt(np.maximum(np.diag(np.linalg.inv(precision)), 1e-12))
+        worst: F64 = np.max((diff / spread) ** 2, axis=1)
+        return worst
     out: F64 = np.einsum("nk,kl,nl->n", diff, precision, diff)
     return out
 
@@ -275,6 +295,10 @@ def train_sensor_detector(
     features = config.features(inputs)
     if features != drift.features:
         raise ValueError(f"drift model features {drift.features} differ from {features}")
+    if config.distance != drift.distance:
+        raise ValueError(
+            f"drift model distance {drift.distance!r} differs from {config.distance!r}"
+        )
     f = window_features(ts, x, inputs, config)
     centre, scale = normalisation(f)
     params = SensorParams(
@@ -288,6 +312,7 @@ def train_sensor_detector(
         d2_threshold=drift.d2_threshold,
         alarm=config.alarm,
         max_gap_s=config.max_gap_s,
+        distance=config.distance,
         provenance={
             "training_sha256": fingerprint(x, inputs),
             "created": _created(),
@@ -312,7 +337,7 @@ def train_sensor_detector(
 def reference_scores(params: SensorParams, features: F64) -> F64:
     """Float64 scores of feature rows `(T, K)` straight from the parameters."""
     z = (features - params.centre) / params.scale
-    d2 = _d2(z, params.location, params.precision)
+    d2 = _d2(z, params.location, params.precision, params.distance)
     out: F64 = np.sqrt(np.maximum(d2, 0.0) / params.d2_threshold)
     return out
 
