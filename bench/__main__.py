@@ -21,6 +21,7 @@ BENCHMARKS: tuple[str, ...] = (
     "uplink",
     "detector_skab",
     "opcua",
+    "opcua_nodered",
     "tick_path",
     "rig_detection",
     "writeback",

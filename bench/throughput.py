@@ -165,8 +165,8 @@ def run(
         finally:
             counter.close()
     notes.append(
-        "ratio column: bare / case (values/s and CPU: below 1 means the case delivers fewer "
-        "values or costs more CPU per value than the bare library)"
+        "ratio column: bare / case (values/s: above 1 means the case delivers fewer values "
+        "than the bare library; CPU: below 1 means it costs more CPU per value)"
     )
     if not nodered.installed():
         notes.append("Node-RED not installed (bash bench/nodered/install.sh): its rows are absent")

@@ -2,7 +2,7 @@
 
 The end-to-end test generates a labelled CSV in SKAB's layout (no real data needed), trains a
 sensor detector on its training part, evaluates the whole file with the code behind `edge-agent
-evaluate`, then replays the file at 25x real time on real OPC UA and Modbus servers to two
+evaluate`, then replays the file at 10x real time on real OPC UA and Modbus servers to two
 agents (one per protocol) publishing to a real mosquitto, and maps the alarm events back to
 rows through their timestamps. Tolerance: the same alarm episodes, each edge within one row.
 """
@@ -44,7 +44,7 @@ COLUMNS = (
 LEVEL = np.array([0.027, 0.040, 1.0, 0.066, 74.5, 25.8, 231.0, 32.0])
 NOISE = np.array([0.0003, 0.0008, 0.28, 0.05, 0.3, 0.03, 8.0, 0.4])
 ROWS, FAULT, GAP_ROW = 560, (460, 520), 200
-SPEED = 25.0
+SPEED = 10.0  # rows every 100 ms: a loaded machine (a parallel test run) still keeps up
 EDGE_ROWS = 1  # tolerance: each alarm edge may move by one row
 
 
@@ -111,7 +111,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 async def test_replay_alarms_match_evaluate(
     recording: tuple[Path, Path], mosquitto: Mosquitto, mqtt_sub: MqttSub, tmp_path: Path
 ) -> None:
-    """Replayed at 25x over OPC UA and over Modbus, the agents' MQTT alarm events cover the
+    """Replayed at 10x over OPC UA and over Modbus, the agents' MQTT alarm events cover the
     rows evaluate alarms on the same file: the same episodes, each edge within one row."""
     data, model = recording
     detector = SensorDetector.load(model)
