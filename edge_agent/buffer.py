@@ -38,11 +38,12 @@ seconds old at `take` time (a backlog after a broker outage).
 Durability: WAL with ``synchronous=NORMAL``. Each `append`/`commit` is its own transaction and
 costs a write() into the WAL but no fsync, so a crash of this process loses nothing that
 `append` returned for. The fsyncs are batched: a checkpoint (which fsyncs the WAL, then the
-database) runs at most every `sync_interval_s` (default 1000 ms) while writes keep coming, on
-`sync()` and on `close()`. A power cut can therefore roll back at most about the last 1000 ms
-of appends (and of commits: acknowledged entries may come back and be sent twice); the
-database itself stays consistent (the WAL is checksummed). Sequence numbers of appends rolled
-back by a power cut are handed out again after the restart; every entry therefore also records
+database) runs at most every `sync_interval_s` (default 1000 ms) while writes keep coming, from
+the owner's timer (`sync_if_due`) once writes stop, on `sync()` and on `close()`. A power cut
+can therefore roll back at most about the last 1000 ms of appends (and of commits: acknowledged
+entries may come back and be sent twice); the database itself stays consistent (the WAL is
+checksummed). Sequence numbers of appends rolled back by a power cut are handed out again
+after the restart; every entry therefore also records
 the `run` (a random id drawn at each open) that appended it, so a receiver can tell a reused
 number (same seq, different run) from a duplicate (same seq, same run).
 
@@ -224,6 +225,7 @@ class Buffer:
         self._live_cutoff = -float("inf")
         self._high = False
         self._last_sync = time.monotonic()
+        self._unsynced = False  # a transaction committed since the last checkpoint
         self._last_expire = -float("inf")
         self.counters: dict[str, int] = {
             "telemetry_oldest": 0,
@@ -694,14 +696,26 @@ class Buffer:
         with self._lock:
             self._sync_locked()
 
+    def sync_if_due(self) -> bool:
+        """Checkpoint when something committed is older than `sync_interval_s` and not yet on
+        the disk; True if it did. The owner calls this on a timer, so that the last writes
+        before a quiet spell are not left out of the power-cut bound."""
+        with self._lock:
+            if self._unsynced and time.monotonic() - self._last_sync >= self.sync_interval_s:
+                self._sync_locked()
+                return True
+            return False
+
     def _sync_locked(self) -> None:
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise BufferStoreError(f"sync failed: {exc}") from exc
         self._last_sync = time.monotonic()
+        self._unsynced = False
 
     def _after_write(self) -> None:
+        self._unsynced = True
         self._check_water()
         if time.monotonic() - self._last_sync >= self.sync_interval_s:
             self._sync_locked()

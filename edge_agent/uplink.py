@@ -159,6 +159,8 @@ class Uplink:
             while True:
                 await self._wait_for_work()
                 self._forward_once()
+                # the last writes before a quiet spell reach the disk within the sync interval
+                self.buffer.sync_if_due()
         finally:
             if self._idle_handle is not None:
                 self._idle_handle.cancel()

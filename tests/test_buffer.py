@@ -259,6 +259,22 @@ def test_sequence_numbers_continue_across_reopen(tmp_path: Path) -> None:
         assert buf.append("t2", "b", b"z") == 0
 
 
+def test_last_writes_before_a_quiet_spell_are_synced_by_the_timer(tmp_path: Path) -> None:
+    """Writes that stop leave nothing unsynced past the interval: `sync_if_due` checkpoints
+    once (and only when something committed is waiting)."""
+    buf = Buffer(tmp_path / "b.db", max_bytes=10_000, max_age_s=3600.0, streams=STREAMS,
+                 sync_interval_s=0.5)  # fmt: skip
+    try:
+        buf.sync()
+        assert not buf.sync_if_due()  # nothing written since
+        buf.append("t1", "a", b"x")  # within the interval: no checkpoint yet
+        time.sleep(0.6)
+        assert buf.sync_if_due()
+        assert not buf.sync_if_due()  # on the disk already
+    finally:
+        buf.close()
+
+
 def test_in_flight_entries_are_pending_after_reopen(tmp_path: Path) -> None:
     """Entries taken but never committed come back, in order, flagged historical."""
     path = tmp_path / "b.db"
