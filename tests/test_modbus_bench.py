@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_modbus_benchmark_quick_run(tmp_path: Path) -> None:
-    """The quick run measures both maps for both cases and states both targets."""
+    """The quick run measures both maps for the three cases and states both targets for each
+    driver path."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench.modbus", "--quick", "--results-dir", str(tmp_path)],
         cwd=ROOT,
@@ -26,7 +27,9 @@ def test_modbus_benchmark_quick_run(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "modbus.json").read_text())
     cases = {(r["group"], r["case"]) for r in result["rows"]}
     assert cases == {
-        (f"{m} map", c) for m in ("float32", "uint16") for c in ("bare pymodbus", "driver")
+        (f"{m} map", c)
+        for m in ("float32", "uint16")
+        for c in ("bare pymodbus", "driver", "driver columns")
     }
     assert all(r["median"] > 0 and r["extra"]["wall_registers_per_s"] > 0 for r in result["rows"])
-    assert len(result["targets"]) == 4 and result["quick"] is True
+    assert len(result["targets"]) == 8 and result["quick"] is True
