@@ -108,3 +108,12 @@ async def test_run_with_a_broken_model_file_exits_2(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "bad.onnx" in err.decode()
+
+
+def test_start_up_memory_is_given_back_where_there_is_glibc() -> None:
+    """`edge-agent run` trims the heap after building the agent; on glibc the call is made."""
+    import platform  # noqa: PLC0415
+
+    from edge_agent.cli import release_startup_memory  # noqa: PLC0415
+
+    assert release_startup_memory() is (platform.libc_ver()[0] == "glibc")
