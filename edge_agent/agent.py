@@ -283,6 +283,11 @@ class Agent:
         )  # fmt: skip
         if self.writeback is not None:
             self.stats.writeback = self.writeback.counts
+        # Everything per tag is built now (drivers, image, reporter, writeback): keep the
+        # configuration without its tag lists (about 1 kB per tag: 10 MB at 10k tags).
+        self.cfg = cfg.model_copy(
+            update={"drivers": [d.model_copy(update={"tags": []}) for d in cfg.drivers]}
+        )
 
     def _build_model(self) -> ProcessModel:
         model, self.spec = build_model(self.cfg, self.cfg_path)

@@ -46,6 +46,19 @@ def _load_or_exit(path: str) -> tuple[object, Path]:
     return cfg, Path(path).resolve()
 
 
+def _parse_or_exit(text: str, path: Path) -> object:
+    """The config from `text` (what `path` held when it was loaded)."""
+    import tomllib
+
+    from edge_agent.config import ConfigError, parse_config
+
+    try:
+        return parse_config(tomllib.loads(text), path)
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
 def _state_dir(cfg: object, path: Path) -> Path:
     from edge_agent.config import Config
 
@@ -114,7 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, json=True if args.log_json else None)
     cfg, path = _load_or_exit(args.config)
+    # The parsed config is dropped once the agent is built (the agent keeps what it needs);
+    # the text it came from is kept to fall back on when a reload does not build.
+    source = path.read_text()
     agent = _build_or_exit(cfg, path)
+    del cfg
     while True:
         release_startup_memory()
         asyncio.run(_run_until_signal(agent))
@@ -124,13 +141,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         # config; if it no longer builds (e.g. its model file changed since), on the old one.
         try:
             new_cfg, path = _load_or_exit(args.config)
+            new_source = path.read_text()
             agent = _build_or_exit(new_cfg, path)
-            cfg = new_cfg
+            source = new_source
+            del new_cfg
         except SystemExit:
             print(
                 "error: reloaded config unusable, continuing with the previous one", file=sys.stderr
             )
-            agent = _build_or_exit(cfg, path)
+            agent = _build_or_exit(_parse_or_exit(source, path), path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

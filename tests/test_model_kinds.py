@@ -142,3 +142,17 @@ def test_explicit_variants_file_runs_exactly_those_variants(tmp_path: Path) -> N
     variants.write_text("variant,pump_efficiency_frac\nnew,0.44\nbroken,7.0\n")
     with pytest.raises(ConfigError, match=r"model.ensemble.variants_file: .*variants\[1\]"):
         Agent(parse_config(data, DEMO_CONFIG), DEMO_CONFIG)
+
+
+def test_built_agent_keeps_no_per_tag_configuration(tmp_path: Path) -> None:
+    """Once built, the agent holds its configuration without the tag lists (the drivers, the
+    image and the reporter carry what each tag needs); the caller's configuration is intact."""
+    data = tomllib.loads(DEMO_CONFIG.read_text())
+    data["agent"]["state_dir"] = str(tmp_path / "state")
+    cfg = parse_config(data, DEMO_CONFIG)
+    names = [t.name for _, t in cfg.tags()]
+    agent = Agent(cfg, DEMO_CONFIG)
+    assert [len(d.tags) for d in agent.cfg.drivers] == [0] * len(cfg.drivers)
+    assert [d.name for d in agent.cfg.drivers] == [d.name for d in cfg.drivers]
+    assert [t.name for _, t in cfg.tags()] == names
+    assert list(agent.image.names) == names
