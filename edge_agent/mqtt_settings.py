@@ -26,6 +26,22 @@ class PublisherClosedError(PublishError):
     """The publisher was closed (or is closing) before the message was acknowledged."""
 
 
+class MessageRefusedError(PublishError):
+    """The broker answered with a failure reason code (MQTT 5 PUBACK >= 0x80): not delivered.
+
+    `retryable` is true only for Quota exceeded (0x97), the one refusal that may pass later;
+    Not authorized, Topic name invalid, Payload format invalid and the rest will not.
+    """
+
+    QUOTA_EXCEEDED = 0x97
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"broker refused the message: {reason} (0x{code:02x})")
+        self.code = code
+        self.reason = reason
+        self.retryable = code == self.QUOTA_EXCEEDED
+
+
 class ConnectionLostError(PublishError):
     """The link dropped before the PUBACK and the settings say not to resend."""
 

@@ -21,9 +21,13 @@ is replayed in append order in the remaining room of the in-flight window, at mo
 `replay_rate` messages per second, so live data stays fresh while the backlog drains. Within
 each lane messages leave in order; across lanes a consumer orders by `seq`.
 
+A message the broker refuses (an MQTT 5 PUBACK with a failure reason code such as Not
+authorized) would be refused again: it is counted (`refused`), logged and removed; only Quota
+exceeded keeps it stored and pauses the forwarder for `QUOTA_PAUSE_S`.
+
 Counters (for the metrics endpoint to come): `counters` (submitted, sent, acked, released,
-commit_errors) and the buffer's drop counters; `backlog()` and `state()` (``online``,
-``draining``) for the status.
+refused, store_errors, frame_errors) and the buffer's drop counters; `backlog()` and
+`state()` (``online``, ``draining``) for the status.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 import structlog
 
 from edge_agent.buffer import Buffer, BufferStoreError, Entry, NewEntry
-from edge_agent.publish import MqttPublisher, PublishError
+from edge_agent.publish import MessageRefusedError, MqttPublisher, PublishError
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +56,9 @@ HISTORICAL_CHECK_S = 0.25
 """How often the forwarder asks the buffer whether a backlog is waiting."""
 IDLE_WAKE_S = 0.5
 """The forwarder re-checks the buffer this often even when nothing new arrived."""
+QUOTA_PAUSE_S = 1.0
+"""After a PUBACK saying the broker's quota is exceeded, the forwarder sends nothing for this
+long; the refused message stays in the buffer and goes again."""
 ZLIB_LEVEL = 6
 ZLIB_CONTENT_TYPE = "application/json+zlib"
 
@@ -121,8 +128,18 @@ class Uplink:
         self._state = "online"
         self._historical = True  # until the first check: a backlog may be waiting
         self._checked_at = -float("inf")
+        self._paused_until = 0.0
         self.counters: dict[str, int] = dict.fromkeys(
-            ("submitted", "sent", "acked", "released", "store_errors", "frame_errors"), 0
+            (
+                "submitted",
+                "sent",
+                "acked",
+                "released",
+                "refused",
+                "store_errors",
+                "frame_errors",
+            ),
+            0,
         )
 
     # ---------------------------------------------------------------- producer side
@@ -190,6 +207,8 @@ class Uplink:
     def _forward_once(self) -> None:
         if not self.publisher.connected or (self._ready is not None and not self._ready()):
             return
+        if self._paused_until and time.monotonic() < self._paused_until:
+            return  # the broker's quota was exceeded: IDLE_WAKE_S looks again
         room = self.settings.window - len(self._outstanding)
         if room <= 0:
             return
@@ -259,14 +278,25 @@ class Uplink:
         entry_id = self._outstanding.pop(fut, None)
         if entry_id is None:
             return
-        if fut.cancelled() or fut.exception() is not None:
-            # Closed or dropped before PUBACK: it stays in the buffer for the next attempt.
+        exc = None if fut.cancelled() else fut.exception()
+        if isinstance(exc, MessageRefusedError) and not exc.retryable:
+            # The broker will never take it (not authorized, invalid topic or payload...):
+            # sending it again would only repeat the refusal. Counted, logged, removed.
+            self.counters["refused"] += 1
+            log.error("message dropped: refused by the broker", reason=exc.reason, id=entry_id)
+            self._acked.append(entry_id)
+        elif fut.cancelled() or exc is not None:
+            # Closed, dropped or over quota before PUBACK: it stays in the buffer for the next
+            # attempt (after a pause when the broker said its quota is exceeded).
+            if isinstance(exc, MessageRefusedError):
+                self._paused_until = time.monotonic() + QUOTA_PAUSE_S
             with contextlib.suppress(BufferStoreError):
                 self.buffer.release([entry_id])
             self.counters["released"] += 1
         else:
             self._acked.append(entry_id)
             self.counters["acked"] += 1
+        if self._acked:
             if len(self._acked) >= self.settings.window:
                 if self._commit_handle is not None:
                     self._commit_handle.cancel()
