@@ -238,7 +238,7 @@ def run_windows(
             time.sleep(w.settle_s)
             out[w.name] = _window(c, proc, pid=pid, rig=rig, counter=counter, window_s=w.window_s)
     finally:
-        _stop(proc)
+        stop_process(proc)
     return out
 
 
@@ -276,7 +276,8 @@ def _window(
     )
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, up to 20 s to exit, then SIGKILL; nothing if it has already exited."""
     if proc.poll() is not None:
         return
     proc.terminate()

@@ -43,6 +43,7 @@ from bench.load_run import (
 )
 from bench.nodered import flows, flows_opcua
 from bench.throughput import TARGET_NODERED_RATIO, contenders, processes_for
+from bench.throughput import rows_of as throughput_rows
 from hil.load.rig import LoadRig
 
 NAME = "opcua_nodered"
@@ -90,25 +91,8 @@ def _delay_rows(group: str, runs: dict[str, list[Measured]]) -> list[Row]:
 
 
 def rows_of(group: str, runs: dict[str, list[Measured]]) -> list[Row]:
-    """The table rows of one rig: offered, then values/s, CPU, RSS and delays per case."""
-    rows = [
-        Row(group, "rig offered", "values/s", [m.offered_per_s for m in runs["agent"]],
-            note="what the rig served during the agent's windows"),
-    ]  # fmt: skip
-    metrics: list[tuple[str, str, Callable[[Measured], float]]] = [
-        ("values/s", "values/s", lambda m: m.values_per_s),
-        ("CPU", "s/1k values", lambda m: m.cpu_per_1k),
-        ("RSS", "MB", lambda m: m.rss_mb),
-    ]
-    for metric, unit, get in metrics:
-        for case, ms in runs.items():
-            base = None if case == "bare" else f"bare {metric}"
-            extra: dict[str, float | int | str] = {}
-            if metric == "values/s":
-                extra["delivered_fraction"] = statistics.median(m.delivered for m in ms)
-            rows.append(Row(group, f"{case} {metric}", unit, [get(m) for m in ms], base,
-                            extra=extra))  # fmt: skip
-    return rows + _delay_rows(group, runs)
+    """The throughput benchmark's rows of one rig, then a delay row per statistic and case."""
+    return throughput_rows(group, runs) + _delay_rows(group, runs)
 
 
 def _cpu_ratio(runs: dict[str, list[Measured]], case: str) -> float:

@@ -91,7 +91,9 @@ def contenders(
     return out
 
 
-def _rows(group: str, runs: dict[str, list[Measured]]) -> list[Row]:
+def rows_of(group: str, runs: dict[str, list[Measured]]) -> list[Row]:
+    """The table rows of one rig: offered, then values/s (with delay percentiles as extras),
+    CPU and RSS per case."""
     rows = [
         Row(group, "rig offered", "values/s", [m.offered_per_s for m in runs["agent"]],
             note="what the rig served during the agent's windows"),
@@ -148,7 +150,7 @@ def run(
                                 runs[c.name].append(
                                     measure(c, rig, counter, settle_s=settle_s, window_s=window_s)
                                 )
-                    rows += _rows(group, runs)
+                    rows += rows_of(group, runs)
                     notes.append(f"{group}: rig in {procs} process(es), load {load_average()}")
                     agent = statistics.median(m.values_per_s for m in runs["agent"])
                     if "node-red" in runs:

@@ -71,26 +71,34 @@ def installed() -> bool:
     return RED_JS.exists()
 
 
+def mqtt_nodes(tab: str, client_id: str, x: int) -> list[dict[str, Any]]:
+    """The bench broker's config node and one `mqtt out` node (id "publish", QoS 1, one
+    message per value) on `tab`: both flows end in these."""
+    return [
+        {
+            "id": "broker", "type": "mqtt-broker", "name": "bench broker",
+            "broker": "${MQTT_HOST}", "port": "${MQTT_PORT}", "clientid": client_id,
+            "autoConnect": True, "usetls": False, "protocolVersion": "4", "keepalive": "60",
+            "cleansession": True,
+        },
+        {
+            "id": "publish", "type": "mqtt out", "z": tab, "name": "publish each value",
+            "topic": "", "qos": "1", "retain": "false", "broker": "broker",
+            "x": x, "y": 100, "wires": [],
+        },
+    ]  # fmt: skip
+
+
 def flows(n_tags: int, processes: int) -> list[dict[str, Any]]:
     """The flow for a rig of `n_tags` Modbus tags in `processes` server processes."""
     tab = "load-tab"
     nodes: list[dict[str, Any]] = [
         {"id": tab, "type": "tab", "label": f"load rig, {n_tags} tags"},
         {
-            "id": "broker", "type": "mqtt-broker", "name": "bench broker",
-            "broker": "${MQTT_HOST}", "port": "${MQTT_PORT}", "clientid": "nodered-load",
-            "autoConnect": True, "usetls": False, "protocolVersion": "4", "keepalive": "60",
-            "cleansession": True,
-        },
-        {
             "id": "decode", "type": "function", "z": tab, "name": "registers to tags",
             "func": DECODE, "outputs": 1, "x": 400, "y": 100, "wires": [["publish"]],
         },
-        {
-            "id": "publish", "type": "mqtt out", "z": tab, "name": "publish each value",
-            "topic": "", "qos": "1", "retain": "false", "broker": "broker",
-            "x": 650, "y": 100, "wires": [],
-        },
+        *mqtt_nodes(tab, "nodered-load", x=650),
     ]  # fmt: skip
     reads = 0
     client = ""

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.load_run import stop_process
+from bench.nodered import flows as flows_modbus
 from bench.nodered.flows import HERE, RED_JS
 from hil.load.layout import part_slices, tags_of_instance
 
@@ -70,20 +72,10 @@ def flows(n_tags: int, processes: int, ns: int = NAMESPACE_INDEX) -> list[dict[s
     nodes: list[dict[str, Any]] = [
         {"id": tab, "type": "tab", "label": f"load rig OPC UA, {n_tags} tags"},
         {
-            "id": "broker", "type": "mqtt-broker", "name": "bench broker",
-            "broker": "${MQTT_HOST}", "port": "${MQTT_PORT}", "clientid": "nodered-opcua",
-            "autoConnect": True, "usetls": False, "protocolVersion": "4", "keepalive": "60",
-            "cleansession": True,
-        },
-        {
             "id": "shape", "type": "function", "z": tab, "name": "value with source time",
             "func": SHAPE, "outputs": 1, "x": 650, "y": 100, "wires": [["publish"]],
         },
-        {
-            "id": "publish", "type": "mqtt out", "z": tab, "name": "publish each value",
-            "topic": "", "qos": "1", "retain": "false", "broker": "broker",
-            "x": 900, "y": 100, "wires": [],
-        },
+        *flows_modbus.mqtt_nodes(tab, "nodered-opcua", x=900),
     ]  # fmt: skip
     for part, instances in enumerate(part_slices(n_tags, processes)):
         items = [
@@ -141,12 +133,7 @@ def _make_certificate(flow_file: Path, env: dict[str, str], log_path: Path, home
                 raise RuntimeError(f"Node-RED made no client certificate in {home}")
             time.sleep(0.2)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def start(
