@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from drivers.base import Driver
@@ -421,6 +422,18 @@ class Agent:
             return {"file": Path(self.cfg.detector.path).name, "fingerprint": "", "version": ""}
         return None
 
+    def anomaly_states(self) -> npt.NDArray[np.bool_]:
+        """Per tag: an anomaly alarm is raised on it, by the residual alarms or by the
+        sensor-window detector (which names one tag for the whole plant's alarm)."""
+        anomaly = self.alarms.anomaly
+        tag = self.sensor.raised_tag if self.sensor is not None else None
+        pos = -1 if tag is None else self.image.index.get(tag, -1)
+        if pos < 0:
+            return anomaly
+        anomaly = anomaly.copy()
+        anomaly[pos] = True
+        return anomaly
+
     def tick(self, now: float) -> None:
         """One tick: compare, update alarms, publish what is due. Pure CPU, no awaits."""
         img = self.image
@@ -439,8 +452,6 @@ class Agent:
         cusum[self._out_pos] = res.cusum
         bad = img.quality == 2
         events = self.alarms.update(now, score, bad, img.reason)
-        if self.writeback is not None:
-            self.writeback.observe(self.alarms.anomaly, self.alarms.quality)
         rep = self.reporter
         out: list[NewEntry] = []
         for ev in events:
@@ -451,6 +462,8 @@ class Agent:
             sensor_events = self.sensor.tick(now, rep)
             self.stats.events += len(sensor_events)
             out.extend(sensor_events)
+        if self.writeback is not None:
+            self.writeback.observe(self.anomaly_states(), self.alarms.quality)
         if self.learner is not None and self.comparator.step_info is not None:
             for doc in self.learner.tick(self.comparator.step_info):
                 body = json.dumps(doc, separators=(",", ":")).encode()

@@ -271,6 +271,11 @@ class SensorStage:
         """True while the anomaly alarm is raised."""
         return bool(self.hysteresis.active[0])
 
+    @property
+    def raised_tag(self) -> str | None:
+        """The tag the raised alarm names (see the module docstring), None while clear."""
+        return self._raised_tag if self.active else None
+
     def feed(self, batch: Sequence[Sample]) -> None:
         """A batch of samples as it arrived (called by `TappedImage.update`)."""
         self.rows.feed(batch)

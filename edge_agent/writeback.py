@@ -10,6 +10,10 @@ This module owns what is written where and when: each target is one writable PLC
                  (degraded) while any has a quality alarm (a PLC gone, BAD values), else 0 (ok)
     heartbeat    a counter 1, 2, ... 65535, 0, 1, ... written every `min_interval_s`
 
+An anomaly alarm is a residual alarm on the tag, or the sensor-window detector's alarm
+(`[detector] kind = "sensor"`), which counts on the one tag its events name
+(`Agent.anomaly_states`).
+
 The tick calls `observe` (pure CPU, no awaits); it computes each source from the alarm state and
 leaves the value in the target's one-value slot when it differs from what the PLC holds (or
 `refresh_s` passed since the last good write). One task per target (`run`) writes the slot's

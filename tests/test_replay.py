@@ -148,11 +148,26 @@ async def test_replay_alarms_match_evaluate(
                     return ag.publisher.connected and bool(np.all(ag.image.recv_ts[idx] > 0))
 
                 assert await poll_until(seen, 30), "agent did not connect to the replay"
+            # While the sensor-window alarm is raised, the tag it names counts as in anomaly
+            # for the writeback (alarm word, health): sampled during the replay.
+            marked: list[bool] = []
+
+            async def watch() -> None:
+                while True:
+                    for ag in agents.values():
+                        tag = ag.sensor.raised_tag if ag.sensor is not None else None
+                        if tag is not None:
+                            marked.append(bool(ag.anomaly_states()[ag.image.index[tag]]))
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
             await replay.play()
             await asyncio.sleep(0.5)  # the last rows' tick and the broker's delivery
+            watcher.cancel()
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert marked and all(marked), "a raised sensor alarm must mark its tag"
     msgs = sub.snapshot()
     check_messages(msgs)
     for proto, ag in agents.items():
