@@ -173,6 +173,10 @@ async def test_reconnect_cycles_leave_one_session(opcua_plc: OpcUaPlc) -> None:
         (0, "text", Quality.BAD, "type"),
         (0, [1.0, 2.0], Quality.BAD, "type"),
         (0, True, Quality.GOOD, ""),
+        (0, 3, Quality.GOOD, ""),
+        (0x40000000, 7, Quality.UNCERTAIN, "uncertain"),
+        (0x40000000, math.inf, Quality.BAD, "nan"),
+        (0x40000000, "text", Quality.BAD, "type"),
     ],
 )
 def test_status_code_and_value_map_to_quality(
@@ -181,13 +185,16 @@ def test_status_code_and_value_map_to_quality(
     """Severity bits give the quality; NaN, text and arrays are BAD with their reason."""
     s = item_sample("t", (1, value, code, 100.0, 200.0), 300.0)
     assert (s.quality, s.reason) == (quality, reason)
-    assert s.source_ts == 100.0 and s.recv_ts == 300.0
+    assert s.source_ts == 100.0 and s.recv_ts == 300.0 and s.server_ts == 200.0
+    if quality is not Quality.BAD:
+        assert s.value == float(value)  # type: ignore[arg-type]  # the GOOD cases are numbers
 
 
 def test_server_timestamp_used_when_source_missing() -> None:
     """No SourceTimestamp: the ServerTimestamp is the sample's time, then the arrival time."""
     assert item_sample("t", (1, 2.0, 0, None, 200.0), 300.0).source_ts == 200.0
-    assert item_sample("t", (1, 2.0, 0, None, None), 300.0).source_ts == 300.0
+    none = item_sample("t", (1, 2.0, 0, None, None), 300.0)
+    assert none.source_ts == 300.0 and math.isnan(none.server_ts)
 
 
 async def test_rig_timestamps_and_uncertain_status_kept_on_every_path(

@@ -40,7 +40,7 @@ from drivers.base import ConfigError, ConnectError, Quality, Sample
 from drivers.opcua import channel
 from drivers.opcua import security as secmod
 from drivers.opcua import subscription as subs
-from drivers.opcua.fastdecode import Item, Publish, item_from_datavalue
+from drivers.opcua.fastdecode import Publish, item_from_datavalue
 from drivers.opcua.tags import (
     DEFAULT_GROUP,
     OpcUaGroup,
@@ -55,13 +55,6 @@ log = structlog.get_logger(__name__)
 _GUARD_S = 0.5
 _INF = math.inf
 _NAN = math.nan
-
-
-def _item_sample(name: str, item: Item, now: float) -> Sample:
-    """`item_sample` with the item's ServerTimestamp kept in `server_ts` (NaN when absent)."""
-    sample = item_sample(name, item, now)
-    srv = item[4]
-    return sample if srv is None else sample._replace(server_ts=srv)
 
 
 class OpcUaDriver:
@@ -234,7 +227,7 @@ class OpcUaDriver:
             if nid is None:
                 out.append(Sample(name, math.nan, Quality.BAD, now, now, "not_found"))
             else:
-                out.append(_item_sample(name, item_from_datavalue(0, next(it)), now))
+                out.append(item_sample(name, item_from_datavalue(0, next(it)), now))
         return out
 
     async def read(self) -> list[Sample]:
@@ -270,7 +263,7 @@ class OpcUaDriver:
                         ts = src if src is not None else srv
                     append(Sample(name, value, good, ts, now, "", None, srv))
                 else:
-                    append(_item_sample(name, item, now))
+                    append(item_sample(name, item, now))
         if batch:
             queue.put_nowait(batch)
 

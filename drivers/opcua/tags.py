@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from drivers.opcua.fastdecode import Item
 
 DEFAULT_GROUP = "default"
+_NAN = math.nan
 WRITABLE_TYPE_NAMES: tuple[str, ...] = (
     "Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
     "Float", "Double", "String",
@@ -58,20 +59,29 @@ class OpcUaGroup:
 
 
 def item_sample(tag: str, item: Item, now: float) -> Sample:
-    """A Sample from one decoded notification or read result (see `fastdecode.Item`)."""
+    """A Sample from one decoded notification or read result (see `fastdecode.Item`), with the
+    ServerTimestamp kept in `server_ts` (NaN when the server sent none). One construction per
+    notification: this runs for every value a subscription delivers."""
     _, value, code, src, srv = item
+    server_ts = _NAN if srv is None else srv
     ts = src if src is not None else (srv if srv is not None else now)
     severity = code >> 30
     if severity >= 2:
         from drivers.opcua.subscription import status_reason  # noqa: PLC0415  # rare path
 
-        return Sample(tag, math.nan, Quality.BAD, ts, now, status_reason(code))
-    if isinstance(value, list):
-        value = None  # arrays are not scalar tags
-    s = checked_sample(tag, value, ts, now)
-    if severity == 1 and s.quality is Quality.GOOD:
-        return Sample(tag, s.value, Quality.UNCERTAIN, ts, now, "uncertain")
-    return s
+        return Sample(tag, _NAN, Quality.BAD, ts, now, status_reason(code), None, server_ts)
+    if type(value) is not float:  # the common Double skips the checks below
+        if isinstance(value, list):
+            value = None  # arrays are not scalar tags
+        s = checked_sample(tag, value, ts, now)
+        if s.quality is not Quality.GOOD:
+            return s._replace(server_ts=server_ts)
+        value = s.value
+    elif not math.isfinite(value):
+        return Sample(tag, _NAN, Quality.BAD, ts, now, "nan", None, server_ts)
+    if severity == 1:
+        return Sample(tag, value, Quality.UNCERTAIN, ts, now, "uncertain", None, server_ts)
+    return Sample(tag, value, Quality.GOOD, ts, now, "", None, server_ts)
 
 
 def split_node_id(node_id: str) -> tuple[str | None, str]:
