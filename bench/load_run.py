@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +118,8 @@ class Child:
 class MqttCounter(Child):
     """`bench.mqtt_count` subscribed to the agent's and Node-RED's topics."""
 
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__([sys.executable, "-m", "bench.mqtt_count", host, str(port), *TAG_FILTERS])
+    def __init__(self, host: str, port: int, filters: Sequence[str] = TAG_FILTERS) -> None:
+        super().__init__([sys.executable, "-m", "bench.mqtt_count", host, str(port), *filters])
         if not self.line().get("subscribed"):
             raise BenchError("the counting subscriber did not subscribe")
 
