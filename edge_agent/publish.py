@@ -125,6 +125,7 @@ class MqttPublisher:
         self._connected_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
+        self._window = INFLIGHT_WINDOW  # lowered by a broker's Receive Maximum (MQTT 5)
         self._lost: asyncio.Future[None] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -145,6 +146,17 @@ class MqttPublisher:
     def connected(self) -> bool:
         """True between a successful CONNACK and the loss of that connection."""
         return self._connected
+
+    @property
+    def window(self) -> int:
+        """Messages allowed in flight on this connection: ours, or the broker's Receive Maximum
+        when lower."""
+        return self._window
+
+    @property
+    def in_flight(self) -> int:
+        """Messages handed to the broker and not acknowledged yet."""
+        return len(self._inflight)
 
     @property
     def queued(self) -> int:
@@ -288,7 +300,8 @@ class MqttPublisher:
         client = self._client
         if not self._connected or client is None:
             return
-        while self._pending and len(self._inflight) < INFLIGHT_WINDOW:
+        # Status messages in flight (self._control) count against the broker's limit too.
+        while self._pending and len(self._inflight) + len(self._control) < self._window:
             msg = self._pending[0]
             if msg.future.done():  # the caller cancelled it: nothing to deliver
                 self._pending.popleft()
@@ -571,9 +584,15 @@ class MqttPublisher:
         self._loop.remove_writer(sock)
 
     def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, rc: ReasonCode, _props: Any
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if client is self._client and self._connack is not None and not self._connack.done():
+            # MQTT 5: never more unacknowledged QoS 1 messages than the broker's Receive
+            # Maximum (paho does not enforce it; some brokers disconnect with 0x93 otherwise).
+            limit = getattr(props, "ReceiveMaximum", None)
+            self._window = INFLIGHT_WINDOW if limit is None else max(1, min(INFLIGHT_WINDOW, limit))
+            if self._window < INFLIGHT_WINDOW:
+                log.info("mqtt in-flight window set by the broker", receive_maximum=limit)
             self._connack.set_result(rc)
 
     def _on_disconnect(

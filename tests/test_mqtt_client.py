@@ -199,3 +199,25 @@ async def test_uplink_drops_a_refused_message_and_delivers_the_rest(
     assert uplink.counters["acked"] == 30
     assert [json.loads(p)["n"] for _t, p, _c in sub.got] == list(range(30))
     assert any(e["event"] == "message dropped: refused by the broker" for e in logs)
+
+
+async def test_the_brokers_receive_maximum_bounds_what_is_in_flight(
+    mosquitto: Mosquitto, started: list[MqttPublisher]
+) -> None:
+    """A broker announcing Receive Maximum 5 (MQTT 5) never has more than 5 of our messages
+    unacknowledged; everything is still delivered."""
+    mosquitto.conf.write_text(mosquitto.conf.read_text() + "\nmax_inflight_messages 5\n")
+    mosquitto.restart()
+    pub = _publisher(mosquitto)
+    started.append(pub)
+    await pub.start()
+    assert await pub.wait_connected(TIMEOUT_S)
+    assert pub.window == 5
+    futures = [pub.publish("t/rm", b"%d" % i) for i in range(300)]
+    most = 0
+    async with asyncio.timeout(TIMEOUT_S):
+        while not all(f.done() for f in futures):
+            most = max(most, pub.in_flight)
+            await asyncio.sleep(0)
+    assert 0 < most <= 5
+    assert pub.counters["acked"] == 300
