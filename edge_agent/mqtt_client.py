@@ -91,6 +91,18 @@ class _PackedProperties(Properties):
         return packed
 
 
+def publish_size(topic: str, payload: bytes, properties: Properties | None, v5: bool) -> int:
+    """Bytes of the QoS 1 PUBLISH packet paho will write, fixed header included (what a
+    broker's Maximum Packet Size limits)."""
+    rest = 2 + len(topic.encode()) + 2 + len(payload)
+    if v5:
+        rest += 1 if properties is None else len(properties.pack())  # type: ignore[no-untyped-call]
+    header = 2
+    while rest >= 128 ** (header - 1) and header < 5:
+        header += 1
+    return header + rest
+
+
 @functools.lru_cache(maxsize=16)
 def publish_properties(content_type: str) -> Properties:
     """MQTT 5 PUBLISH properties carrying `content_type`, shared by every message."""

@@ -18,7 +18,8 @@ Exceptions set on futures or raised here (paho's never leave this module):
 
     PublishError           base class
     +-- MessageDroppedError    evicted from the full queue before the broker acknowledged it
-    +-- MessageRefusedError    the broker's PUBACK carried a failure reason code (MQTT 5)
+    +-- MessageRefusedError    the broker's PUBACK carried a failure reason code (MQTT 5), or
+                               the message exceeds the Maximum Packet Size of its CONNACK
     +-- PublisherClosedError   the publisher closed before the broker acknowledged it
 
 How paho is driven: the socket is registered with the event loop (`add_reader` /
@@ -55,7 +56,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.mqtt_client import BufferedClient, publish_properties
+from edge_agent.mqtt_client import BufferedClient, publish_properties, publish_size
 from edge_agent.mqtt_settings import (
     ConnectionLostError,
     MessageDroppedError,
@@ -72,6 +73,7 @@ from edge_agent.mqtt_settings import (
 log = structlog.get_logger(__name__)
 
 INFLIGHT_WINDOW = 50
+PACKET_TOO_LARGE = 0x95  # MQTT 5 reason code
 MISC_INTERVAL_S = 1.0
 
 
@@ -126,6 +128,7 @@ class MqttPublisher:
         self._idle_event: asyncio.Event | None = None
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._window = INFLIGHT_WINDOW  # lowered by a broker's Receive Maximum (MQTT 5)
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (MQTT 5)
         self._lost: asyncio.Future[None] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -307,8 +310,16 @@ class MqttPublisher:
                 self._pending.popleft()
                 continue
             props = None
-            if msg.content_type is not None and self._settings.protocol == "5":
+            v5 = self._settings.protocol == "5"
+            if msg.content_type is not None and v5:
                 props = publish_properties(msg.content_type)
+            if (
+                self._max_packet
+                and publish_size(msg.topic, msg.payload, props, v5) > self._max_packet
+            ):
+                self._pending.popleft()
+                self._refuse_too_large(msg, publish_size(msg.topic, msg.payload, props, v5))
+                continue
             info = client.publish(
                 msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props
             )
@@ -320,6 +331,24 @@ class MqttPublisher:
                 self.counters["resent"] += 1
             msg.sends += 1
         self._update_idle()
+
+    def _refuse_too_large(self, msg: _Message, size: int) -> None:
+        """The broker would disconnect on this packet, again after every reconnect: refused
+        here, counted and logged (never sent, so the stream behind it keeps moving)."""
+        self.counters["refused"] += 1
+        log.error(
+            "message larger than the broker accepts: refused",
+            topic=msg.topic,
+            bytes=size,
+            maximum_packet_size=self._max_packet,
+            fix="lower uplink.batch_max, or raise the broker's maximum packet size",
+        )
+        if not msg.future.done():
+            msg.future.set_exception(
+                MessageRefusedError(
+                    PACKET_TOO_LARGE, f"Packet too large ({size} > {self._max_packet} bytes)"
+                )
+            )
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None:
@@ -589,6 +618,7 @@ class MqttPublisher:
         if client is self._client and self._connack is not None and not self._connack.done():
             # MQTT 5: never more unacknowledged QoS 1 messages than the broker's Receive
             # Maximum (paho does not enforce it; some brokers disconnect with 0x93 otherwise).
+            self._max_packet = getattr(props, "MaximumPacketSize", None)
             limit = getattr(props, "ReceiveMaximum", None)
             self._window = INFLIGHT_WINDOW if limit is None else max(1, min(INFLIGHT_WINDOW, limit))
             if self._window < INFLIGHT_WINDOW:

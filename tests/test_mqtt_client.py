@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
 from edge_agent.buffer import Buffer, NewEntry, StreamPolicy
+from edge_agent.mqtt_client import publish_size
 from edge_agent.publish import MessageRefusedError, MqttPublisher, MqttSettings
 from edge_agent.uplink import Uplink, UplinkSettings
 from tests.fixtures.mqtt import Mosquitto, poll_until
@@ -221,3 +222,36 @@ async def test_the_brokers_receive_maximum_bounds_what_is_in_flight(
             await asyncio.sleep(0)
     assert 0 < most <= 5
     assert pub.counters["acked"] == 300
+
+
+@pytest.mark.parametrize("protocol", ["5"])
+async def test_a_message_over_the_brokers_maximum_packet_size_is_refused_not_sent(
+    mosquitto: Mosquitto, started: list[MqttPublisher], protocol: str
+) -> None:
+    """A broker announcing Maximum Packet Size would disconnect on a larger PUBLISH, after
+    every reconnect: such a message is refused before sending (0x95, counted, logged), one of
+    exactly the maximum is delivered, and the stream behind it keeps moving."""
+    limit = 2000
+    mosquitto.conf.write_text(mosquitto.conf.read_text() + f"\nmax_packet_size {limit}\n")
+    mosquitto.restart()
+    pub = _publisher(mosquitto, protocol)
+    started.append(pub)
+    await pub.start()
+    assert await pub.wait_connected(TIMEOUT_S)
+    topic = "t/size"
+    sizes = {n: publish_size(topic, b"x" * n, None, True) for n in range(limit)}
+    fits = max(n for n, size in sizes.items() if size <= limit)
+    assert publish_size(topic, b"x" * fits, None, True) == limit
+    with capture_logs() as logs:
+        exact = pub.publish(topic, b"x" * fits)
+        over = pub.publish(topic, b"x" * (fits + 1))
+        after = pub.publish(topic, b"small")
+        async with asyncio.timeout(TIMEOUT_S):
+            await exact
+            await after
+            with pytest.raises(MessageRefusedError) as err:
+                await over
+    assert err.value.code == 0x95 and not err.value.retryable
+    assert pub.counters["refused"] == 1
+    assert pub.counters["disconnects"] == 0
+    assert any("batch_max" in str(e.get("fix", "")) for e in logs)
