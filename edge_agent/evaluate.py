@@ -10,7 +10,8 @@ detector on one labelled CSV in SKAB's format (rows after `--skip-rows`, default
 `mar`, `nab_standard`, `nab_lowfp`, `nab_lowfn`, `missed_changepoints`, `false_positives`,
 `mean_delay_s`; overall, per group and per file) as JSON, print a table, and with `--report`
 write `report.md` with one PNG per file (signals, score, threshold, labels, alarms). Plots need
-matplotlib, imported only then. The alarm logic is `models.anomaly.alarm`, the one the agent's
+matplotlib (the `train` extra, with scikit-learn: an engineering-station job), imported only
+then. The alarm logic is `models.anomaly.alarm`, the one the agent's
 alarm semantics follow. Exit codes: 0 done, 2 bad input or model (the message says which).
 """
 
@@ -133,11 +134,11 @@ def table(metrics_by_group: dict[str, Any]) -> str:
 
 def write_report(folder: Path, files: list[FileResult], metrics_out: dict[str, Any]) -> None:
     """`report.md` plus one PNG per file; imports matplotlib (raises if it is missing)."""
-    import matplotlib  # type: ignore[import-not-found]  # noqa: PLC0415  (optional, for plots)
+    import matplotlib  # noqa: PLC0415  (optional: the train extra)
     import numpy as np  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found]  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["# Detector evaluation", "", table(metrics_out), "", "## Files", ""]

@@ -98,6 +98,26 @@ def test_skab_benchmark_json(skab_dir: Path, tmp_path: Path) -> None:
     assert result["files"]["valve1/0"]["top_inputs"][0] in ("Volume Flow RateRMS", "Current")
 
 
+def test_report_has_a_plot_and_the_metrics_per_file(skab_dir: Path, tmp_path: Path) -> None:
+    """evaluate --report writes report.md with the table and one PNG per file, each linked and
+    with that file's own figures."""
+    out, report = tmp_path / "m.json", tmp_path / "report"
+    args = ["evaluate", "--skab", str(skab_dir), "--json", str(out), "--report", str(report)]
+    assert main(args) == 0
+    metrics = json.loads(out.read_text())
+    text = (report / "report.md").read_text()
+    assert "| overall |" in text and "| valve1 |" in text and "| other |" in text
+    names = ["valve1/0", "valve1/1", "valve1/2", "other/1", "other/2"]
+    for name in names:
+        png = report / (name.replace("/", "_") + ".png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"]({png.name})" in text
+        section = text.split(f"### {name}\n", 1)[1].split("###", 1)[0]
+        f1 = float(section.split("F1 ", 1)[1].split(",", 1)[0])
+        assert f1 == pytest.approx(metrics["files"][name]["f1"], abs=5e-3)
+    assert len(list(report.glob("*.png"))) == len(names)
+
+
 def test_train_then_evaluate_one_file_matches_benchmark(skab_dir: Path, tmp_path: Path) -> None:
     """train --data + evaluate --data reproduce the benchmark's figures for that file."""
     model = tmp_path / "d.onnx"
