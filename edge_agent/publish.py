@@ -112,6 +112,7 @@ class MqttPublisher:
         self._pending: deque[_Message] = deque()  # not on the current connection, by seq
         self._inflight: dict[int, _Message] = {}  # paho mid -> message, current connection
         self._control: dict[int, asyncio.Future[None]] = {}  # status messages by mid
+        self._untracked: set[int] = set()  # mids of QoS 1 status/raw messages not awaited
         self._seq = 0
         self._servers = ((settings.host, settings.port), *settings.failover)
         self._server = 0  # index into _servers of the broker tried or used now
@@ -158,8 +159,8 @@ class MqttPublisher:
 
     @property
     def in_flight(self) -> int:
-        """Messages handed to the broker and not acknowledged yet."""
-        return len(self._inflight)
+        """QoS 1 messages handed to the broker and not acknowledged yet (status ones too)."""
+        return len(self._inflight) + len(self._control) + len(self._untracked)
 
     @property
     def queued(self) -> int:
@@ -243,7 +244,7 @@ class MqttPublisher:
         client = self._client
         if self._connected and client is not None:
             for topic, payload, qos, retain in messages:
-                client.publish(topic, payload, qos=qos, retain=retain)
+                self._publish_untracked(client, topic, payload, qos, retain)
 
     def drop_connection(self) -> None:
         """Close the current connection (it is re-established with backoff)."""
@@ -255,7 +256,15 @@ class MqttPublisher:
         """Publish the birth payload again now (retained), e.g. after a state change."""
         client = self._client
         if self._connected and client is not None:
-            client.publish(self._status_topic, self._birth_payload(), qos=1, retain=True)
+            self._publish_untracked(client, self._status_topic, self._birth_payload(), 1, True)
+
+    def _publish_untracked(
+        self, client: BufferedClient, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> None:
+        """Publish without a future; a QoS 1 one still counts in flight until its PUBACK."""
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._untracked.add(info.mid)
 
     async def aclose(self, drain_timeout_s: float = 5.0) -> None:
         """Drain in-flight messages until the deadline, publish the retained offline status,
@@ -303,8 +312,8 @@ class MqttPublisher:
         client = self._client
         if not self._connected or client is None:
             return
-        # Status messages in flight (self._control) count against the broker's limit too.
-        while self._pending and len(self._inflight) + len(self._control) < self._window:
+        # Status and raw QoS 1 messages in flight count against the broker's limit too.
+        while self._pending and self.in_flight < self._window:
             msg = self._pending[0]
             if msg.future.done():  # the caller cancelled it: nothing to deliver
                 self._pending.popleft()
@@ -548,7 +557,7 @@ class MqttPublisher:
         self._connected_event.set()
         # The birth goes first on every connection; its PUBACK needs no tracking (a lost
         # connection republishes it on the next one).
-        client.publish(self._status_topic, self._birth_payload(), qos=1, retain=True)
+        self._publish_untracked(client, self._status_topic, self._birth_payload(), 1, True)
         if self._session is not None:
             self.publish_raw(self._session.births())
         for topic, callback in self._subscriptions.items():
@@ -653,6 +662,7 @@ class MqttPublisher:
             if not fut.done():
                 fut.set_exception(PublishError("connection lost"))
         self._control.clear()
+        self._untracked.clear()
         if self._session is not None:
             self._session.lost()
         if self._lost is not None and not self._lost.done():
@@ -677,9 +687,11 @@ class MqttPublisher:
             self._update_idle()
             self._schedule_pump()
             return
+        self._untracked.discard(mid)
         control = self._control.pop(mid, None)
         if control is not None and not control.done():
             control.set_result(None)
+        self._schedule_pump()  # a status message left the window
 
     # ---------------------------------------------------------------- shutdown
 
