@@ -15,7 +15,7 @@ from drivers.base import ConnectError, Quality, Sample
 from drivers.modbus import ModbusDriver, ModbusTag, codec
 from hil.plc_modbus import ModbusPlc
 from hil.tags import DRIVE_UNIT, tags_of
-from tests.fixtures.plc import PLAUSIBLE, modbus_tags
+from tests.fixtures.plc import PLAUSIBLE, modbus_tags, plausible
 
 IO = 2  # the extra unit with four separate tables
 WAIT_S = 20.0  # bound for "eventually"; not a timing assertion
@@ -223,8 +223,7 @@ async def test_unknown_unit_answers_exception(plc: ModbusPlc) -> None:
 
 async def test_rtu_framing_over_tcp() -> None:
     """With RTU framing on both sides every drive tag reads GOOD, and several units too."""
-    async with ModbusPlc(tags_of("drive"), extra_units=[IO], framing="rtu") as plc:
-        await plc.write_values(PLAUSIBLE, time.time())
+    async with plausible(ModbusPlc(tags_of("drive"), extra_units=[IO], framing="rtu")) as plc:
         await plc.set_words(IO, "input", 5, codec.encode(2.5, "float64", "DCBA"))
         tags = [*modbus_tags(), ModbusTag("f64", 5, "float64", "DCBA", "input", unit=IO)]
         d = ModbusDriver("rtu", plc.host, plc.port, tags, timeout_s=2, framing="rtu")

@@ -12,7 +12,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from drivers.base import Quality
 from drivers.modbus import ModbusDriver, ModbusTag
 from hil.plc_modbus import ModbusPlc
 from hil.tags import DRIVE_UNIT, tags_of
-from tests.fixtures.plc import PLAUSIBLE
+from tests.fixtures.plc import PLAUSIBLE, plausible
 
 SOURCE = Path(__file__).parent / "interop" / "modbus_server.c"
 HINT = "install the Modbus test peers: bash scripts/ensure.d/modbus.sh (apt: libmodbus-dev mbpoll)"
@@ -157,8 +156,7 @@ def test_driver_writes_to_libmodbus(libmodbus_port: int) -> None:
 
 @pytest_asyncio.fixture
 async def drive_plc() -> AsyncIterator[ModbusPlc]:
-    async with ModbusPlc(tags_of("drive")) as plc:
-        await plc.write_values(PLAUSIBLE, time.time())
+    async with plausible(ModbusPlc(tags_of("drive"))) as plc:
         yield plc
 
 

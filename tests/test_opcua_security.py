@@ -3,7 +3,6 @@ choice, every policy and mode, the client certificate, the trust list, pinning, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from drivers.opcua import security as sec_mod
 from drivers.opcua.security import Security
 from hil.plc_opcua import OpcUaPlc
 from hil.tags import tags_of
-from tests.fixtures.plc import PLAUSIBLE, opcua_tags
+from tests.fixtures.plc import PLAUSIBLE, opcua_tags, plausible
 
 P = ua.SecurityPolicyType
 ALL_POLICIES = (
@@ -48,12 +47,8 @@ async def secure_plc(server_pki: Path) -> AsyncIterator[OpcUaPlc]:
         pki_dir=server_pki,
         users={"operator": PASSWORD},
     )
-    await plc.start()
-    await plc.write_values(PLAUSIBLE, time.time())
-    try:
+    async with plausible(plc):
         yield plc
-    finally:
-        await plc.stop()
 
 
 def make(plc: OpcUaPlc, sec: Security, **kw: object) -> OpcUaDriver:
