@@ -15,7 +15,8 @@ from asyncua.ua.status_codes import StatusCodes
 
 from drivers.base import Quality, Sample
 from drivers.opcua import OpcUaDriver, OpcUaTag
-from drivers.opcua.subscription import status_name, status_reason
+from drivers.opcua.fastdecode import Publish
+from drivers.opcua.subscription import in_sequence, status_name, status_reason
 from drivers.opcua.tags import OpcUaGroup, item_sample
 from edge_agent.config import ConfigError, load_config, parse_config
 from hil.plc_opcua import OpcUaPlc
@@ -335,3 +336,13 @@ def test_demo_config_still_valid_with_auto_security() -> None:
     drv = opc.build(root / "state")
     assert isinstance(drv, OpcUaDriver) and drv.security is not None
     assert (drv.security.policy, drv.security.mode) == ("auto", "auto")
+
+
+def test_publish_responses_are_ordered_by_sequence_across_the_wrap() -> None:
+    """Responses done together go on in sequence order per subscription, also where the
+    32-bit sequence number wraps; a keep-alive carries the next number."""
+    top = 2**32 - 1
+    pubs = [Publish(0, 1, n) for n in (2, top, 1, top - 1)] + [Publish(0, 7, 5), Publish(0, 7, 4)]
+    ordered = [(p.subscription_id, p.sequence_number) for p in in_sequence(pubs)]
+    assert ordered == [(1, top - 1), (1, top), (1, 1), (1, 2), (7, 4), (7, 5)]
+    assert [p.sequence_number for p in in_sequence([Publish(0, 1, 9), Publish(0, 1, 8)])] == [8, 9]

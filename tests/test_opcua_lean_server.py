@@ -14,8 +14,10 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -141,6 +143,50 @@ async def test_driver_samples_are_correct(server: LeanOpcUaServer) -> None:
         assert s.quality == Quality.GOOD
         assert s.value == expected(int(s.tag[1:]), s.source_ts)
         assert s.server_ts >= s.source_ts - 0.05
+
+
+async def test_responses_that_complete_together_reach_the_image_in_order() -> None:
+    """The driver keeps several PublishRequests in flight; when its event loop is busy, their
+    responses complete in the same turn. They must be handed on in sequence order: each tag's
+    values (rising every cycle) never go back. The server runs in its own process, so it keeps
+    answering while this loop is blocked."""
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    cmd = [sys.executable, "-m", "hil.load.opcua_server", "--port", str(port), "--tags", "20"]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, "--publish-ms", str(PERIOD_MS), stdin=PIPE, stdout=PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert (await proc.stdout.readline()).strip() == b"ready"
+        tags = [OpcUaTag(f"t{i}", f"nsu={NS};s=v{i}", 0.0) for i in range(20)]
+        endpoint = f"opc.tcp://127.0.0.1:{port}/"
+        driver = OpcUaDriver("order", endpoint, tags, publishing_interval_ms=PERIOD_MS)
+        await driver.connect()
+        seen: dict[str, list[float]] = {t.name: [] for t in tags}
+        rounds = 0
+        try:
+            agen = driver.subscribe()
+            async with asyncio.timeout(WAIT_S * 3):
+                async for batch in agen:
+                    for smp in batch:
+                        seen[smp.tag].append(smp.source_ts)
+                    rounds += 1
+                    if rounds == 60:
+                        break
+                    # On purpose: a busy loop, while the server's responses pile up.
+                    time.sleep(0.1)  # noqa: ASYNC251
+            await agen.aclose()
+        finally:
+            await driver.aclose()
+    finally:
+        proc.stdin.close()
+        async with asyncio.timeout(10):
+            await proc.wait()
+    for tag, stamps in seen.items():
+        assert len(stamps) >= 40, tag
+        assert stamps == sorted(stamps), tag
 
 
 async def test_ten_thousand_items_in_chunked_responses() -> None:

@@ -206,6 +206,21 @@ async def read_values(
     return dvs
 
 
+def in_sequence(pubs: list[Publish]) -> list[Publish]:
+    """Responses ordered by subscription and sequence number, across a wrap of the 32-bit
+    counter (a keep-alive carries the next number: it sorts beside that message)."""
+    if len(pubs) < 2:
+        return pubs
+    low = min(p.sequence_number for p in pubs)
+    wrapped = max(p.sequence_number for p in pubs) - low > 1 << 31
+
+    def key(p: Publish) -> tuple[int, int]:
+        n = p.sequence_number
+        return p.subscription_id, n + (1 << 32) if wrapped and n < 1 << 31 else n
+
+    return sorted(pubs, key=key)
+
+
 class PublishLoop:
     """`in_flight` PublishRequests outstanding; each decoded response goes to `on_publish`.
 
@@ -240,18 +255,21 @@ class PublishLoop:
                     pending.add(asyncio.ensure_future(self._one()))
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 fatal: ConnectionError | None = None
+                pubs: list[Publish] = []
                 for task in done:  # every result is retrieved, even after a fatal one
                     try:
-                        pub = task.result()
+                        pubs.append(task.result())
                     except UaStatusCodeError as exc:
                         if exc.code in _SESSION_GONE:
                             fatal = fatal or ConnectionError(f"publish: {status_name(exc.code)}")
                         elif exc.code == StatusCodes.BadTooManyPublishRequests:
                             self._in_flight = max(1, self._in_flight - 1)
-                        continue  # BadTimeout and the like: ask again
+                        # BadTimeout and the like: ask again
                     except (OSError, UaError) as exc:
                         fatal = fatal or ConnectionError(f"publish: {exc!r}")
-                        continue
+                # Several responses done at once come out of a set: hand them on in sequence
+                # order, or an older value could overwrite a newer one in the image.
+                for pub in in_sequence(pubs):
                     if fatal is None:
                         fatal = self._handle(pub)
                 if fatal is not None:
