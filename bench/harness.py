@@ -226,7 +226,12 @@ def format_table(rows: Sequence[Row]) -> str:
                 ratio,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return align(lines)
+
+
+def align(lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, the first line a header underlined with dashes."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for k, line in enumerate(lines):
         out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

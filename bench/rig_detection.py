@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import RESULTS_DIR, Target, git_commit, load_average, machine
+from bench.harness import RESULTS_DIR, Target, align, git_commit, load_average, machine
 from bench.rig_path import DEMO_CONFIG, TICK_T0, RigPath
 from hil.faults import FAULT_KINDS, ParamValue, check_params, expected_tags
 from hil.plant import Plant
@@ -220,7 +220,7 @@ def fault_table(faults: Sequence[dict[str, Any]]) -> str:
             _s(s["delay_min_s"]), _s(s["delay_max_s"]), first,
             f"{_tags(f['expected_tags'])} {s['expected_alarmed']}/{s['runs']}",
         ))  # fmt: skip
-    return _table(lines)
+    return align(lines)
 
 
 def normal_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -234,17 +234,7 @@ def normal_table(runs: Sequence[dict[str, Any]]) -> str:
             str(r["seed"]), str(r["ticks"]), f"{r['ticks'] / 36000:.2f}", str(r["false_alarms"]),
             f"{peak[1]:.3f} ({peak[0]})", f"{held[1]:.3f} ({held[0]})",
         ))  # fmt: skip
-    return _table(lines)
-
-
-def _table(lines: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for k, line in enumerate(lines):
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return align(lines)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
