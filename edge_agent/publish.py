@@ -111,8 +111,8 @@ class MqttPublisher:
         self._session = session
         self._pending: deque[_Message] = deque()  # not on the current connection, by seq
         self._inflight: dict[int, _Message] = {}  # paho mid -> message, current connection
-        self._control: dict[int, asyncio.Future[None]] = {}  # status messages by mid
-        self._untracked: set[int] = set()  # mids of QoS 1 status/raw messages not awaited
+        # QoS 1 messages outside the queue (status, raw) by mid: a future when awaited
+        self._control: dict[int, asyncio.Future[None] | None] = {}
         self._seq = 0
         self._servers = ((settings.host, settings.port), *settings.failover)
         self._server = 0  # index into _servers of the broker tried or used now
@@ -160,7 +160,7 @@ class MqttPublisher:
     @property
     def in_flight(self) -> int:
         """QoS 1 messages handed to the broker and not acknowledged yet (status ones too)."""
-        return len(self._inflight) + len(self._control) + len(self._untracked)
+        return len(self._inflight) + len(self._control)
 
     @property
     def queued(self) -> int:
@@ -264,7 +264,7 @@ class MqttPublisher:
         """Publish without a future; a QoS 1 one still counts in flight until its PUBACK."""
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._untracked.add(info.mid)
+            self._control[info.mid] = None
 
     async def aclose(self, drain_timeout_s: float = 5.0) -> None:
         """Drain in-flight messages until the deadline, publish the retained offline status,
@@ -322,12 +322,10 @@ class MqttPublisher:
             v5 = self._settings.protocol == "5"
             if msg.content_type is not None and v5:
                 props = publish_properties(msg.content_type)
-            if (
-                self._max_packet
-                and publish_size(msg.topic, msg.payload, props, v5) > self._max_packet
-            ):
+            limit = self._max_packet
+            if limit and (size := publish_size(msg.topic, msg.payload, props, v5)) > limit:
                 self._pending.popleft()
-                self._refuse_too_large(msg, publish_size(msg.topic, msg.payload, props, v5))
+                self._refuse_too_large(msg, size)
                 continue
             info = client.publish(
                 msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props
@@ -389,7 +387,7 @@ class MqttPublisher:
             if not msg.future.done():
                 msg.future.set_exception(exc)
         for fut in self._control.values():
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(exc)
         self._control.clear()
         self._update_idle()
@@ -659,10 +657,9 @@ class MqttPublisher:
         else:
             self._fail_all(ConnectionLostError("connection lost before the broker acknowledged"))
         for fut in self._control.values():
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(PublishError("connection lost"))
         self._control.clear()
-        self._untracked.clear()
         if self._session is not None:
             self._session.lost()
         if self._lost is not None and not self._lost.done():
@@ -687,7 +684,6 @@ class MqttPublisher:
             self._update_idle()
             self._schedule_pump()
             return
-        self._untracked.discard(mid)
         control = self._control.pop(mid, None)
         if control is not None and not control.done():
             control.set_result(None)
