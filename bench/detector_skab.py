@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from bench.harness import Options, Row, Target, interleaved, parse_args, report
 from models.anomaly.benchmark import normal_segments
-from models.anomaly.sensor import SensorDetector
+from models.anomaly.sensor import LOGSTD_EPS, STATS, SensorDetector
 from models.anomaly.sensor_train import (
     SensorConfig,
     fit_drift,
@@ -86,14 +86,19 @@ class NumpyScorer:
         p = detector.params
         self.params = p
         w = p.window
-        t = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
-        self.weights = t / float(np.dot(t, t))
+        self.ticks = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
+        self.weights = self.ticks / float(np.dot(self.ticks, self.ticks))
         self.index = p.feature_index()
+        self.spread = any(s == STATS.index("logstd") for s, _ in self.index)
 
     def score(self, windows: F64) -> F64:
         mean = windows.mean(axis=1)  # (n, C)
         slope = np.einsum("nwc,w->nc", windows, self.weights)
-        stats = (mean, slope)
+        stats = [mean, slope]
+        if self.spread:
+            line = mean[:, None, :] + slope[:, None, :] * self.ticks[None, :, None]
+            var = np.mean((windows - line) ** 2, axis=1)
+            stats.append(0.5 * np.log(var + LOGSTD_EPS))
         feats = np.stack([stats[s][:, i] for s, i in self.index], axis=1)
         return reference_scores(self.params, feats)
 

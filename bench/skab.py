@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -80,10 +81,10 @@ def verdicts(overall: dict[str, object]) -> list[dict[str, object]]:
     return out
 
 
-def run_selection(root: Path, results_dir: Path) -> int:
+def run_selection(root: Path, results_dir: Path, jobs: int) -> int:
     """The configuration choice on synthetic faults; exit 0 when it equals the default."""
     start_load, t0 = load_average(), time.perf_counter()
-    sel = selection.select(root)
+    sel = selection.select(root, jobs=jobs)
     elapsed = time.perf_counter() - t0
     print(f"== bench.{NAME} --select  commit {git_commit()}  data {root}")
     print(
@@ -93,14 +94,15 @@ def run_selection(root: Path, results_dir: Path) -> int:
     )
     ranked = sorted(sel.rows, key=lambda r: -selection.objective(r[1]))
     print(
-        "distance | window | calibration | target_far | raise_s | clear_s | "
+        "spread | distance | window | calibration | target_far | raise_s | clear_s | "
         + " | ".join(KEYS)
         + " | obj"
     )
     for config, m in ranked[:10]:
         cells = [m.get(k) for k in KEYS]
         print(
-            f"{config.distance} | {config.window} | {config.calibration} | {config.target_far} | "
+            f"{'yes' if config.std_inputs else 'no'} | {config.distance} | {config.window} | "
+            f"{config.calibration} | {config.target_far} | "
             f"{config.raise_after_s} | {config.clear_after_s} | "
             + " | ".join(map(_cell, cells))
             + f" | {selection.objective(m):.4f}"
@@ -130,10 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--select", action="store_true", help="run the configuration choice (no test part)"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes for --select"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.select:
-        return run_selection(args.skab, args.results_dir)
+        return run_selection(args.skab, args.results_dir, max(1, args.jobs))
     start_load, t0 = load_average(), time.perf_counter()
     result = run_benchmark(args.skab)
     elapsed = time.perf_counter() - t0

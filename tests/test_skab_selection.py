@@ -13,6 +13,7 @@ import pytest
 from models.anomaly import faults
 from models.anomaly.alarm import AlarmSettings, alarm_series
 from models.anomaly.selection import DRAWS, objective, select
+from models.anomaly.sensor import SensorDetector
 from models.anomaly.sensor_train import (
     Segment,
     SensorConfig,
@@ -20,7 +21,10 @@ from models.anomaly.sensor_train import (
     drift_scores,
     fit_drift,
     normalised,
+    reference_scores,
     train_sensor_detector,
+    window_features,
+    windows_of,
 )
 
 COLUMNS = (
@@ -35,7 +39,7 @@ COLUMNS = (
 )
 LEVEL = np.array([0.2, 0.27, 2.4, 0.1, 70.0, 25.0, 230.0, 120.0])
 NOISE = np.array([0.002, 0.003, 0.45, 0.25, 0.3, 0.03, 11.0, 0.5])
-FLOW, FLUID_T, MOTOR_T = 7, 5, 4
+A1, A2, CURRENT, PRESSURE, FLOW, FLUID_T, MOTOR_T = 0, 1, 2, 3, 7, 5, 4
 
 
 def normal(rows: int, seed: int, drift_step: float = 0.02) -> np.ndarray:
@@ -78,6 +82,104 @@ def test_hot_water_ramps_the_fluid_then_the_motor_at_a_third() -> None:
     assert slope == pytest.approx(faults.HOT_RATE * 2.0, rel=1e-6)
     motor = got.values[on, MOTOR_T] - x[on, MOTOR_T]
     assert np.allclose(motor, 0.3 * rise)
+
+
+def faulted(kind: str, severity: float, seed: int) -> tuple[np.ndarray, faults.Labelled]:
+    x = normal(1000, seed)
+    got = faults.inject(
+        1.6e9 + np.arange(1000.0),
+        x,
+        400,
+        COLUMNS,
+        rng=np.random.default_rng(seed + 1),
+        kind=kind,
+        severity=severity,
+    )
+    return x, got
+
+
+def test_outlet_throttling_moves_pressure_and_flow_apart() -> None:
+    """Throttling after the pump: pressure up, flow down, current down a little (a relation
+    between signals, each of which may stay in its range); nothing else moves."""
+    x, got = faulted("outlet", 2.0, 7)
+    settled = np.flatnonzero(got.anomaly)[30:] + 400
+    sigma = faults.noise_sigma(x[:400])
+    moved = got.values[settled] - x[settled]
+    assert np.allclose(moved[:, PRESSURE], 2.0 * sigma[PRESSURE])
+    assert np.allclose(moved[:, FLOW], -2.0 * sigma[FLOW])
+    assert np.allclose(moved[:, CURRENT], -0.6 * sigma[CURRENT])
+    assert np.array_equal(np.delete(moved, [PRESSURE, FLOW, CURRENT], axis=1), 0 * moved[:, :5])
+
+
+def test_noisy_signal_keeps_its_level_and_grows_its_spread() -> None:
+    """`noisy` adds white noise of severity x sigma to one signal on the fault's rows: its level
+    stays, its spread grows by about sqrt(1 + severity^2); every other signal is untouched."""
+    x, got = faulted("noisy", 3.0, 11)
+    on = np.flatnonzero(got.anomaly) + 400
+    changed = np.flatnonzero(np.any(got.values != x, axis=0))
+    assert changed.size == 1
+    (i,) = changed
+    added = got.values[on, i] - x[on, i]
+    sigma = faults.noise_sigma(x[:400])[i]
+    assert abs(added.mean()) < 4 * 3.0 * sigma / np.sqrt(on.size)
+    assert added.std() == pytest.approx(3.0 * sigma, rel=0.15)
+    assert np.array_equal(got.values[: on[0]], x[: on[0]])
+
+
+def test_creep_drifts_linearly_to_twice_the_severity() -> None:
+    """`creep` moves one signal along a straight line from zero at the fault's first row to
+    twice the severity at its last; the rows after the fault are as before."""
+    x, got = faulted("creep", 1.5, 13)
+    on = np.flatnonzero(got.anomaly) + 400
+    (i,) = np.flatnonzero(np.any(got.values != x, axis=0))
+    sigma = faults.noise_sigma(x[:400])[i]
+    moved = (got.values[on, i] - x[on, i]) / sigma
+    assert np.allclose(np.abs(moved), np.linspace(0.0, 3.0, on.size))
+    assert np.array_equal(got.values[on[-1] + 1 :], x[on[-1] + 1 :])
+
+
+def test_pulsation_oscillates_vibration_about_its_level() -> None:
+    """`pulsation`: both accelerometers swing by severity x sigma (current by half) about
+    their level with one period; the other signals do not move."""
+    x, got = faulted("pulsation", 2.0, 17)
+    on = np.flatnonzero(got.anomaly)[30:] + 400  # past the ramp-in
+    sigma = faults.noise_sigma(x[:400])
+    swing = (got.values[on] - x[on]) / sigma
+    assert np.max(np.abs(swing[:, A1])) == pytest.approx(2.0, rel=0.02)
+    assert np.allclose(swing[:, A1], swing[:, A2])
+    assert np.allclose(swing[:, CURRENT], 0.5 * swing[:, A1])
+    assert abs(swing[:, A1].mean()) < 0.5
+    assert not np.any(got.values[:, [PRESSURE, FLOW, FLUID_T]] != x[:, [PRESSURE, FLOW, FLUID_T]])
+
+
+def test_spread_features_alarm_a_noisier_signal_at_its_usual_level() -> None:
+    """With the flow's log window spread among the features, the flow getting three times
+    noisier (level unchanged) is alarmed on most of its rows, with window means alone on far
+    fewer; the detector built with spread features scores like its float64 reference."""
+    ts = 1.6e9 + np.arange(1100.0)
+    segments = [Segment(ts, normal(1100, 60 + k, 0.002), 400) for k in range(8)]
+    x = normal(1100, 70, 0.002)
+    x[700:, FLOW] += np.random.default_rng(71).standard_normal(400) * 3.0 * NOISE[FLOW]
+    alarmed = {}
+    for spread in ((), (COLUMNS[FLOW], COLUMNS[PRESSURE])):
+        config = SensorConfig(std_inputs=spread)
+        drift = fit_drift(segments, COLUMNS, config)
+        scores = drift_scores(normalised(Segment(ts, x, 400), COLUMNS, config), drift)
+        alarmed[spread] = alarm_series(ts[400:], scores, config.alarm)
+    with_spread = alarmed[(COLUMNS[FLOW], COLUMNS[PRESSURE])]
+    # The normal rows: a file the threshold was not calibrated on, alarms held 2 s after.
+    assert with_spread[320:].mean() > 0.8 and with_spread[:300].mean() < 0.25
+    assert alarmed[()][320:].mean() < with_spread[320:].mean() - 0.3
+    config = SensorConfig(std_inputs=(COLUMNS[FLOW],))
+    assert config.features(COLUMNS)[-1] == "logstd:Volume Flow RateRMS"
+    drift = fit_drift(segments, COLUMNS, config)
+    blob = train_sensor_detector(ts[:400], x[:400], COLUMNS, drift, config)
+    detector = SensorDetector.from_bytes(blob, COLUMNS, source="<test>")
+    windows = windows_of(x[600:800], config.window)
+    feats = window_features(ts[600:800], x[600:800], COLUMNS, config)[config.window - 1 :]
+    want = reference_scores(detector.params, feats)
+    assert np.allclose(detector.score_batch(windows), want, rtol=1e-3, atol=1e-3)
+    assert want.max() > 1.0  # the noisy rows are among them
 
 
 def test_unknown_fault_kind_is_named() -> None:
@@ -200,7 +302,7 @@ def test_selection_never_reads_the_test_parts(tmp_path: Path) -> None:
         dataclasses.replace(SensorConfig(), window=20, target_far=0.05),
     ]
     a = select(skab_folder(tmp_path / "a", 100), grid=grid)
-    b = select(skab_folder(tmp_path / "b", 200), grid=grid)
+    b = select(skab_folder(tmp_path / "b", 200), grid=grid, jobs=2)  # same in two processes
     assert [m for _, m in a.rows] == [m for _, m in b.rows]
     assert a.chosen == b.chosen
     assert a.faulted_blocks == 2 * DRAWS

@@ -11,15 +11,27 @@ its recordings are known to hold; each is a pattern of changes over the signals:
 - `imbalance` (rotor): vibration (both accelerometers) up, current slightly up;
 - `cavitation`: vibration up, flow down, and flow, pressure and vibration noisier;
 - `hotwater`: the fluid temperature ramps up, the motor temperature follows at a third;
-- `single`: one random signal (not a temperature) shifted up or down.
+- `single`: one random signal (not a temperature) shifted up or down;
+- `outlet` (throttling after the pump, a relation fault): the operating point climbs the pump
+  curve, pressure up while flow goes down (each may stay inside its normal range), current down
+  a little;
+- `pulsation` (a shape fault): both accelerometers and the current oscillate about their level
+  with a period of 20-90 s (a rotor rubbing once per slow load cycle); the level is unchanged;
+- `noisy` (a shape fault): one random signal gets noisier (a loose sensor or connector,
+  turbulence), its level unchanged;
+- `creep` (a slow fault): one random signal drifts linearly through the whole fault (fouling,
+  a sensor losing calibration, a slowly opening leak), reaching twice the severity at its end.
 
 Magnitudes are in units of each signal's sample-to-sample noise on the segment's fit rows
 (`noise_sigma`), drawn log-uniformly from `SEVERITY` (half to four noise sigmas, the size of
-changes a window of 10-30 rows can just resolve up to clearly visible), so no magnitude comes
-from labelled data. A fault starts 10-45 % into the scored part, lasts 35-60 % of it (SKAB's
-test parts are about half anomalous) and ramps in over 0-30 s. Labels are those of SKAB's
-files: `anomaly` on the fault's rows, `changepoint` at its first row and at the first row after
-it. Signals are matched by name; a kind whose signals a recording lacks changes nothing of them.
+changes a window of 10-30 rows can just resolve up to clearly visible; for `noisy` and
+`pulsation`, the added standard deviation and amplitude), so no magnitude comes from labelled
+data. The last four kinds were added after the first selection, from the physics of the loop
+alone, because every earlier kind was a change of level, which favours window means. A fault
+starts 10-45 % into the scored part, lasts 35-60 % of it (SKAB's test parts are about half
+anomalous) and ramps in over 0-30 s. Labels are those of SKAB's files: `anomaly` on the fault's
+rows, `changepoint` at its first row and at the first row after it. Signals are matched by name;
+a kind whose signals a recording lacks changes nothing of them.
 
 Owns the fault patterns and the labelled synthetic segments; no detector code.
 """
@@ -47,10 +59,16 @@ SHIFTS: Mapping[str, Mapping[str, float]] = {
     "cavitation": {A1: 0.5, A2: 0.5, FLOW: -0.5},
     "hotwater": {},
     "single": {},
+    "outlet": {FLOW: -1.0, PRESSURE: 1.0, CURRENT: -0.3},
+    "pulsation": {},
+    "noisy": {},
+    "creep": {},
 }
 KINDS: tuple[str, ...] = tuple(SHIFTS)
 NOISIER: tuple[str, ...] = (FLOW, PRESSURE, A1, A2)  # cavitation adds noise to these
 SINGLE: tuple[str, ...] = (A1, A2, CURRENT, PRESSURE, VOLTAGE, FLOW)
+PULSING: Mapping[str, float] = {A1: 1.0, A2: 1.0, CURRENT: 0.5}  # pulsation amplitude weights
+PULSE_PERIOD_S = (20.0, 90.0)
 SEVERITY = (0.5, 4.0)
 HOT_RATE = 0.01  # degC/s of fluid warming per unit severity
 
@@ -105,11 +123,28 @@ def inject(
     g[start : start + k] = np.arange(k) / max(ramp, 1)
     col = {name: i for i, name in enumerate(columns)}
     shifts = dict(SHIFTS[kind])
-    if kind == "single":
+    profile = g
+    if kind in ("single", "noisy", "creep"):
         shifts = {str(rng.choice(SINGLE)): float(rng.choice([-1.0, 1.0]))}
+    if kind == "noisy":  # the chosen signal gets noisier, its level stays
+        (name,) = shifts
+        shifts = {}
+        if name in col:
+            i = col[name]
+            x[:, i] += g * rng.standard_normal(rows) * sigma[i] * severity
+    if kind == "creep":  # 0 at the fault's start, twice the severity at its last row
+        profile = np.zeros(rows)
+        profile[start:end] = 2.0 * np.arange(end - start) / max(end - start - 1, 1)
+    if kind == "pulsation":
+        period = rng.uniform(*PULSE_PERIOD_S)
+        phase = rng.uniform(0.0, 2.0 * np.pi)
+        wave = g * np.sin(2.0 * np.pi * (np.asarray(ts) - ts[start]) / period + phase)
+        for name, weight in PULSING.items():
+            if name in col:
+                x[:, col[name]] += wave * weight * severity * sigma[col[name]]
     for name, weight in shifts.items():
         if name in col:
-            x[:, col[name]] += g * weight * severity * sigma[col[name]]
+            x[:, col[name]] += profile * weight * severity * sigma[col[name]]
     if kind == "cavitation":
         for name in NOISIER:
             if name in col:

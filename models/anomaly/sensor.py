@@ -2,8 +2,9 @@
 
 Where `models.anomaly.detector` scores Digital Original residuals tag by tag, this detector
 scores a window of measured signals as a whole (the SKAB benchmark's task): per window
-`(W, C)` of the C inputs it computes window features (the mean, or the least-squares slope per
-row, of chosen inputs), normalises them with the training part's centre and scale, and returns
+`(W, C)` of the C inputs it computes window features (the mean, the least-squares slope per
+row, or the log standard deviation about that fitted line, of chosen inputs), normalises them
+with the training part's centre and scale, and returns
 
     score = sqrt((z - location)^T P (z - location) / d2_threshold),  z = (f - centre) / scale
 
@@ -46,7 +47,9 @@ SENSOR_FORMAT = "1"
 INPUT = "window"
 SCORE = "score"
 CONTRIBUTIONS = "contributions"
-STATS: tuple[str, ...] = ("mean", "slope")
+STATS: tuple[str, ...] = ("mean", "slope", "logstd")
+# Added to the window variance before its log: a stuck signal scores far out, yet finite.
+LOGSTD_EPS = 1e-12
 DISTANCES: tuple[str, ...] = ("mahalanobis", "max")
 
 SENSOR_KEYS: tuple[str, ...] = (

@@ -2,8 +2,10 @@
 
 Input `window` `(n, W, C)` float32; outputs `score` `(n,)` and `contributions` `(n, K)`. The
 graph computes every input's window mean and least-squares slope per row (one ReduceMean, one
-MatMul with fixed weights), gathers the K features the metadata lists, normalises them and
-evaluates the quadratic form with the threshold folded into the precision matrix:
+MatMul with fixed weights) and, when a feature asks for it, the log standard deviation about the
+fitted line (eight more elementwise nodes), gathers the K features the metadata lists,
+normalises them and evaluates the quadratic form with the threshold folded into the precision
+matrix:
 
     z = (f - centre) / scale - location,  c = z * (z @ P / d2_threshold),  score = sqrt(sum c)
 
@@ -22,8 +24,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.anomaly.graph import IR_VERSION, OPSET, PRODUCER, slope_weights
-from models.anomaly.sensor import CONTRIBUTIONS, INPUT, SCORE, SENSOR_FORMAT, SensorParams
+from models.anomaly.graph import IR_VERSION, OPSET, PRODUCER, centred_ticks, slope_weights
+from models.anomaly.sensor import (
+    CONTRIBUTIONS,
+    INPUT,
+    LOGSTD_EPS,
+    SCORE,
+    SENSOR_FORMAT,
+    STATS,
+    SensorParams,
+)
 from models.base import F64
 
 
@@ -37,13 +47,15 @@ def _const(name: str, array: F64) -> onnx.TensorProto:
 def build_sensor_model(params: SensorParams) -> bytes:
     """Build, check and serialize the detector for `params`, metadata included."""
     window, n_in, k = params.window, len(params.input_names), len(params.features)
-    # Flattened (stat, input) index of each feature in the concatenated [means, slopes].
-    gather = np.array([s * n_in + i for s, i in params.feature_index()], dtype=np.int64)
+    # Flattened (stat, input) index of each feature in the concatenated [means, slopes, ...].
+    index = params.feature_index()
+    gather = np.array([s * n_in + i for s, i in index], dtype=np.int64)
+    n_stats = 3 if any(s == STATS.index("logstd") for s, _ in index) else 2
     precision = 0.5 * (params.precision + params.precision.T) / params.d2_threshold
     weight = 1.0 / (params.spread() * np.sqrt(params.d2_threshold))
     initializers = [
         _const("slope_weights", slope_weights(window).reshape(1, window)),
-        numpy_helper.from_array(np.array([-1, 2 * n_in], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([-1, n_stats * n_in], dtype=np.int64), "flat_shape"),
         numpy_helper.from_array(gather, "feature_index"),
         _const("centre", params.centre.reshape(1, k)),
         _const("inv_scale", (1.0 / params.scale).reshape(1, k)),
@@ -60,7 +72,27 @@ def build_sensor_model(params: SensorParams) -> bytes:
     nodes = [
         node("ReduceMean", [INPUT], ["mean"], axes=[1], keepdims=1, name="window_mean"),
         node("MatMul", ["slope_weights", INPUT], ["slope"], name="window_slope"),
-        node("Concat", ["mean", "slope"], ["stats"], axis=1, name="stats"),
+    ]
+    stats = ["mean", "slope"]
+    if n_stats == 3:  # log standard deviation about the window's fitted line
+        initializers += [
+            _const("ticks", centred_ticks(window).reshape(window, 1)),
+            _const("var_eps", np.array([LOGSTD_EPS])),
+            _const("half", np.array([0.5])),
+        ]
+        nodes += [
+            node("Mul", ["slope", "ticks"], ["trend"], name="trend"),
+            node("Add", ["mean", "trend"], ["line"], name="fitted_line"),
+            node("Sub", [INPUT, "line"], ["detrended"], name="detrended"),
+            node("Mul", ["detrended", "detrended"], ["squares"], name="squares"),
+            node("ReduceMean", ["squares"], ["var"], axes=[1], keepdims=1, name="window_var"),
+            node("Add", ["var", "var_eps"], ["var_floor"], name="var_floor"),
+            node("Log", ["var_floor"], ["log_var"], name="log_var"),
+            node("Mul", ["log_var", "half"], ["logstd"], name="window_logstd"),
+        ]
+        stats.append("logstd")
+    nodes += [
+        node("Concat", stats, ["stats"], axis=1, name="stats"),
         node("Reshape", ["stats", "flat_shape"], ["flat"], name="flatten"),
         node("Gather", ["flat", "feature_index"], ["features"], axis=1, name="features"),
         node("Sub", ["features", "centre"], ["offset"], name="centre_features"),

@@ -24,8 +24,10 @@ threshold, clear after 2 s below 0.7 of it.
 
 Features: the window mean of each input, except the inputs in `slope_inputs` (temperatures:
 their level drifts with warm-up, their rate of change does not), which give the least-squares
-slope per row instead. A window whose time span exceeds `window - 1` seconds (1 Hz rows) by more
-than `max_gap_s` has no features (NaN).
+slope per row instead; and, for the inputs in `std_inputs`, the log of the window's standard
+deviation about its fitted line (a signal getting noisier or oscillating at its usual level). A
+window whose time span exceeds `window - 1` seconds (1 Hz rows) by more than `max_gap_s` has no
+features (NaN).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ import numpy as np
 import numpy.typing as npt
 
 from models.anomaly.alarm import AlarmSettings, alarm_series
-from models.anomaly.graph import slope_weights
-from models.anomaly.sensor import DISTANCES, STATS, SensorDetector, SensorParams
+from models.anomaly.graph import centred_ticks, slope_weights
+from models.anomaly.sensor import DISTANCES, LOGSTD_EPS, STATS, SensorDetector, SensorParams
 from models.anomaly.sensor_graph import build_sensor_model
 from models.base import F64
 
@@ -60,6 +62,7 @@ class SensorConfig:
 
     window: int = 20
     slope_inputs: tuple[str, ...] = ("Temperature", "Thermocouple")
+    std_inputs: tuple[str, ...] = ()
     target_far: float = 0.07
     raise_level: float = 1.0
     clear_level: float = 0.7
@@ -89,10 +92,11 @@ class SensorConfig:
         )
 
     def features(self, inputs: Sequence[str]) -> tuple[str, ...]:
-        """Feature names `"stat:input"` for these inputs, in input order."""
-        return tuple(
-            f"{'slope' if name in self.slope_inputs else 'mean'}:{name}" for name in inputs
-        )
+        """Feature names `"stat:input"`: one level feature per input (mean, or slope for
+        `slope_inputs`) in input order, then a log-spread feature per input in `std_inputs`."""
+        level = (f"{'slope' if name in self.slope_inputs else 'mean'}:{name}" for name in inputs)
+        spread = (f"logstd:{name}" for name in inputs if name in self.std_inputs)
+        return (*level, *spread)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -127,16 +131,20 @@ def window_features(ts: F64, values: F64, inputs: Sequence[str], config: SensorC
     the ONNX graph."""
     x = np.asarray(values, dtype=np.float64)
     w = config.window
-    out = np.full((x.shape[0], len(inputs)), np.nan)
+    features = config.features(inputs)
+    out = np.full((x.shape[0], len(features)), np.nan)
     if x.shape[0] < w:
         return out
     windows = np.lib.stride_tricks.sliding_window_view(x, w, axis=0)  # (n, C, W)
-    stats = np.stack([windows.mean(axis=2), windows @ slope_weights(w)], axis=1)  # (n, 2, C)
-    params_index = [
-        (STATS.index(f.partition(":")[0]), i) for i, f in enumerate(config.features(inputs))
-    ]
-    for k, (s, i) in enumerate(params_index):
-        out[w - 1 :, k] = stats[:, s, i]
+    mean, slope = windows.mean(axis=2), windows @ slope_weights(w)
+    columns = [mean, slope]
+    if any(f.startswith("logstd:") for f in features):
+        line = mean[:, :, None] + slope[:, :, None] * centred_ticks(w)
+        columns.append(0.5 * np.log(np.mean((windows - line) ** 2, axis=2) + LOGSTD_EPS))
+    stats = np.stack(columns, axis=1)  # (n, stats, C)
+    for k, name in enumerate(features):
+        stat, _, signal = name.partition(":")
+        out[w - 1 :, k] = stats[:, STATS.index(stat), list(inputs).index(signal)]
     span = ts[w - 1 :] - ts[: len(ts) - w + 1]
     out[w - 1 :][span > (w - 1) + config.max_gap_s] = np.nan
     return out
