@@ -19,6 +19,7 @@ recordings. Deterministic (no random step); `seed` is recorded for the record.
 The defaults are the configuration `models.anomaly.selection` chose on normal data with
 synthetic faults (distance, window, calibration, target share and alarm delays; never a test
 part): the "max" distance (the largest standardised deviation of one feature), window 20,
+the log window spread of the accelerometers, current, pressure and flow among the features,
 in-sample calibration to 7 % alarmed normal rows, raise on the first window at or above the
 threshold, clear after 2 s below 0.7 of it.
 
@@ -62,7 +63,13 @@ class SensorConfig:
 
     window: int = 20
     slope_inputs: tuple[str, ...] = ("Temperature", "Thermocouple")
-    std_inputs: tuple[str, ...] = ()
+    std_inputs: tuple[str, ...] = (
+        "Accelerometer1RMS",
+        "Accelerometer2RMS",
+        "Current",
+        "Pressure",
+        "Volume Flow RateRMS",
+    )
     target_far: float = 0.07
     raise_level: float = 1.0
     clear_level: float = 0.7
