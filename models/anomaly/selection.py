@@ -30,6 +30,7 @@ matches to 1e-3. Deterministic for a fixed seed. Owns the procedure; the data la
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +45,7 @@ from models.anomaly.alarm import alarm_series
 from models.anomaly.faults import Labelled, synthetic_set
 from models.anomaly.sensor import DISTANCES
 from models.anomaly.sensor_train import (
+    CALIBRATIONS,
     Segment,
     SensorConfig,
     drift_scores,
@@ -69,23 +71,19 @@ def candidates() -> Iterator[SensorConfig]:
     raise/clear delays; clear level 0.7, temperature slopes, everything else the
     `SensorConfig` fields' own values."""
     base = SensorConfig()
-    for spread in SPREAD:
-        for distance in DISTANCES:
-            for window in WINDOWS:
-                for calibration in ("in-sample", "held-out"):
-                    for target in TARGETS:
-                        for raise_s, clear_s in ALARMS:
-                            yield dataclasses.replace(
-                                base,
-                                std_inputs=spread,
-                                distance=distance,
-                                window=window,
-                                calibration=calibration,
-                                target_far=target,
-                                raise_after_s=raise_s,
-                                clear_after_s=clear_s,
-                                clear_level=0.7,
-                            )
+    grid = itertools.product(SPREAD, DISTANCES, WINDOWS, CALIBRATIONS, TARGETS, ALARMS)
+    for spread, distance, window, calibration, target, (raise_s, clear_s) in grid:
+        yield dataclasses.replace(
+            base,
+            std_inputs=spread,
+            distance=distance,
+            window=window,
+            calibration=calibration,
+            target_far=target,
+            raise_after_s=raise_s,
+            clear_after_s=clear_s,
+            clear_level=0.7,
+        )
 
 
 @dataclass(frozen=True)
