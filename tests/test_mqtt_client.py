@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -36,14 +35,6 @@ def _publisher(broker: Mosquitto, protocol: str = "5") -> MqttPublisher:
     return MqttPublisher(
         settings, status_topic=STATUS, birth_payload=lambda: b"online", will_payload=b"offline"
     )
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[MqttPublisher]]:
-    made: list[MqttPublisher] = []
-    yield made
-    for pub in made:
-        await pub.aclose(drain_timeout_s=0.5)
 
 
 class V5Sub:
@@ -75,13 +66,13 @@ class V5Sub:
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_bursts_and_large_messages_arrive_whole_through_buffered_reads(
-    mosquitto: Mosquitto, started: list[MqttPublisher], protocol: str
+    mosquitto: Mosquitto, publishers: list[MqttPublisher], protocol: str
 ) -> None:
     """Hundreds of PUBACKs read in bursts resolve every future once; a downlink message far
     larger than one socket read, followed by a burst of small ones, arrives whole and in
     order."""
     pub = _publisher(mosquitto, protocol)
-    started.append(pub)
+    publishers.append(pub)
     received: list[bytes] = []
     pub.subscribe("cmd/#", lambda _t, payload: received.append(payload))
     await pub.start()
@@ -113,13 +104,13 @@ async def test_bursts_and_large_messages_arrive_whole_through_buffered_reads(
 
 
 async def test_content_type_is_sent_with_every_message(
-    mosquitto: Mosquitto, started: list[MqttPublisher]
+    mosquitto: Mosquitto, publishers: list[MqttPublisher]
 ) -> None:
     """The shared, prepacked properties carry the content type on every message."""
     sub = V5Sub(mosquitto, "ct/#")
     try:
         pub = _publisher(mosquitto)
-        started.append(pub)
+        publishers.append(pub)
         await pub.start()
         futures = [
             pub.publish("ct/x", b"%d" % i, content_type="application/json+zlib") for i in range(5)
@@ -145,11 +136,11 @@ def _deny_all_but(broker: Mosquitto, *allowed: str) -> None:
 
 
 async def test_publisher_fails_a_refused_message_with_the_reason(
-    mosquitto: Mosquitto, started: list[MqttPublisher]
+    mosquitto: Mosquitto, publishers: list[MqttPublisher]
 ) -> None:
     _deny_all_but(mosquitto, "site/#", "ok/#")
     pub = _publisher(mosquitto)
-    started.append(pub)
+    publishers.append(pub)
     await pub.start()
     with capture_logs() as logs:
         refused = pub.publish("secret/x", b"1")
@@ -166,7 +157,7 @@ async def test_publisher_fails_a_refused_message_with_the_reason(
 
 
 async def test_uplink_drops_a_refused_message_and_delivers_the_rest(
-    mosquitto: Mosquitto, started: list[MqttPublisher], tmp_path: Path
+    mosquitto: Mosquitto, publishers: list[MqttPublisher], tmp_path: Path
 ) -> None:
     """A message the broker will never take is counted, logged and removed from the buffer;
     it does not hold the stream back and is not sent again."""
@@ -180,7 +171,7 @@ async def test_uplink_drops_a_refused_message_and_delivers_the_rest(
         streams={"deltas": StreamPolicy("telemetry")},
     )
     pub = _publisher(mosquitto)
-    started.append(pub)
+    publishers.append(pub)
     uplink = Uplink(buffer, pub, agent_id="t", settings=UplinkSettings(window=10))
     await pub.start()
     task = asyncio.create_task(uplink.run())
@@ -203,14 +194,14 @@ async def test_uplink_drops_a_refused_message_and_delivers_the_rest(
 
 
 async def test_the_brokers_receive_maximum_bounds_what_is_in_flight(
-    mosquitto: Mosquitto, started: list[MqttPublisher]
+    mosquitto: Mosquitto, publishers: list[MqttPublisher]
 ) -> None:
     """A broker announcing Receive Maximum 5 (MQTT 5) never has more than 5 of our messages
     unacknowledged; everything is still delivered."""
     mosquitto.conf.write_text(mosquitto.conf.read_text() + "\nmax_inflight_messages 5\n")
     mosquitto.restart()
     pub = _publisher(mosquitto)
-    started.append(pub)
+    publishers.append(pub)
     await pub.start()
     assert await pub.wait_connected(TIMEOUT_S)
     assert pub.window == 5
@@ -226,7 +217,7 @@ async def test_the_brokers_receive_maximum_bounds_what_is_in_flight(
 
 @pytest.mark.parametrize("protocol", ["5"])
 async def test_a_message_over_the_brokers_maximum_packet_size_is_refused_not_sent(
-    mosquitto: Mosquitto, started: list[MqttPublisher], protocol: str
+    mosquitto: Mosquitto, publishers: list[MqttPublisher], protocol: str
 ) -> None:
     """A broker announcing Maximum Packet Size would disconnect on a larger PUBLISH, after
     every reconnect: such a message is refused before sending (0x95, counted, logged), one of
@@ -235,7 +226,7 @@ async def test_a_message_over_the_brokers_maximum_packet_size_is_refused_not_sen
     mosquitto.conf.write_text(mosquitto.conf.read_text() + f"\nmax_packet_size {limit}\n")
     mosquitto.restart()
     pub = _publisher(mosquitto, protocol)
-    started.append(pub)
+    publishers.append(pub)
     await pub.start()
     assert await pub.wait_connected(TIMEOUT_S)
     topic = "t/size"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +93,6 @@ def tls_broker() -> Iterator[TlsBroker]:
             yield TlsBroker(broker, ca, wrong, client, client_pw, *ports)
         finally:
             broker.kill()
-
-
-@pytest.fixture
-async def publishers() -> AsyncIterator[list[MqttPublisher]]:
-    made: list[MqttPublisher] = []
-    yield made
-    for pub in made:
-        await pub.aclose(drain_timeout_s=0.2)
 
 
 async def _start(made: list[MqttPublisher], settings: MqttSettings) -> MqttPublisher:
