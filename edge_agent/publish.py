@@ -312,6 +312,7 @@ class MqttPublisher:
         client = self._client
         if not self._connected or client is None:
             return
+        v5 = self._settings.protocol == "5"
         # Status and raw QoS 1 messages in flight count against the broker's limit too.
         while self._pending and self.in_flight < self._window:
             msg = self._pending[0]
@@ -319,7 +320,6 @@ class MqttPublisher:
                 self._pending.popleft()
                 continue
             props = None
-            v5 = self._settings.protocol == "5"
             if msg.content_type is not None and v5:
                 props = publish_properties(msg.content_type)
             limit = self._max_packet
