@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +203,6 @@ def select(
     *,
     seed: int = 0,
     grid: Sequence[SensorConfig] | None = None,
-    on_candidate: Callable[[int, SensorConfig], None] | None = None,
     jobs: int = 1,
 ) -> Selection:
     """Run the whole selection on a folder in SKAB's layout (test parts never read) over
@@ -212,24 +211,17 @@ def select(
     data = folds(labelled, unlabelled, seed)
     inputs = unlabelled[0].columns
     configs = list(candidates() if grid is None else grid)
-    rows = []
     if jobs > 1:
         _SHARED["data"] = (data, tuple(inputs))
         try:
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                results = pool.map(_evaluate_shared, configs)
-                for k, (config, m) in enumerate(zip(configs, results, strict=True)):
-                    if on_candidate is not None:
-                        on_candidate(k, config)
-                    rows.append((config, m))
+                results = list(pool.map(_evaluate_shared, configs))
         finally:
             _SHARED.clear()
     else:
-        for k, config in enumerate(configs):
-            if on_candidate is not None:
-                on_candidate(k, config)
-            rows.append((config, evaluate(config, data, inputs)))
+        results = [evaluate(config, data, inputs) for config in configs]
+    rows = list(zip(configs, results, strict=True))
     best = max(range(len(rows)), key=lambda i: (objective(rows[i][1]), -i))
     if objective(rows[best][1]) == float("-inf"):
         raise ValueError(f"no candidate keeps the synthetic FAR within {FAR_LIMIT} %")
