@@ -264,9 +264,7 @@ def live_rows(
     try:
         for _ in range(runs):
             for name, fn in ((BARE, run_bare), ("driver", run_driver)):
-                n, cpu, wall, srv = asyncio.run(
-                    fn(endpoints, tags, seconds, lambda: process_cpu(pids))
-                )
+                n, cpu, wall, srv = asyncio.run(fn(endpoints, tags, seconds, probe))
                 if n == 0:
                     raise RuntimeError(f"{name}: no notifications reached the image")
                 samples[name].append(cpu / n * 1e6)
